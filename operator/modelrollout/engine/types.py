@@ -1,0 +1,144 @@
+"""What the pure engine sees (Observation) and what it asks for (Action, Decision).
+
+Nothing here does I/O. The reconciler gathers an Observation, calls
+``engine.decide(spec, status, observation, now)`` and carries out the actions in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Literal
+
+from modelrollout.api.models import MetricResult, ModelRef, ModelRolloutStatus
+
+Slot = Literal["a", "b"]
+
+
+def other_slot(slot: Slot) -> Slot:
+    return "b" if slot == "a" else "a"
+
+
+class CommandVerb(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ABORT = "abort"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A manual command read from the annotation ``modelrollout.dev/command``.
+
+    The annotation value is ``<verb>`` or ``<verb>:<id>``; ``id`` (any token, the plugin uses a
+    timestamp) makes a repeated command distinct, so each one is handled exactly once.
+    """
+
+    verb: CommandVerb
+    id: str
+    actor: str = "unknown"
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """Readiness of one Deployment slot as the real controllers report it."""
+
+    exists: bool = False
+    version: str | None = None  # value of the modelrollout.dev/version label on its pod template
+    desired: int = 0
+    ready: int = 0
+    updated: int = 0
+    observed_current: bool = False  # deployment.status.observedGeneration == metadata.generation
+
+    @property
+    def is_ready(self) -> bool:
+        return self.exists and self.observed_current and self.desired > 0 and self.ready >= self.desired and self.updated >= self.desired
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """What the route object says now (read back by the router)."""
+
+    found: bool
+    stable_weight: int = 100
+    candidate_weight: int = 0
+    mirror: int = 0
+    message: str = ""
+
+
+class GateResult(StrEnum):
+    OPEN = "Open"  # webhook answered 2xx
+    CLOSED = "Closed"  # webhook answered non-2xx: keep waiting
+    TIMEOUT = "Timeout"  # treated like an inconclusive check
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int
+    slots: dict[Slot, SlotState] = field(default_factory=dict)
+    route: RouteState | None = None
+    # Results of the checks the reconciler ran this tick (see engine.checks_due); None = not run.
+    analysis: list[MetricResult] | None = None
+    command: Command | None = None
+    # Gate webhooks called this tick (see engine.gates_due), by webhook name.
+    gates: dict[str, GateResult] = field(default_factory=dict)
+    # Operator-side validation problems (field path: message); non-empty means InvalidSpec.
+    validation_errors: list[str] = field(default_factory=list)
+    # Router problems that make traffic unmanageable (route missing, not owned rule...).
+    routing_error: str | None = None
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class EnsureSlot:
+    """Create or update the slot's Deployment and Service to run ``model`` with ``replicas``."""
+
+    slot: Slot
+    model: ModelRef
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ScaleSlot:
+    slot: Slot
+    replicas: int
+
+
+@dataclass(frozen=True)
+class SetTraffic:
+    """Route ``candidate_weight`` percent to the candidate slot and mirror ``mirror`` percent to it."""
+
+    stable_slot: Slot
+    candidate_slot: Slot | None
+    candidate_weight: int
+    mirror: int
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    """A notification for notify/audit webhooks (stage change, promotion, rollback)."""
+
+    event: str
+    message: str
+
+
+Action = EnsureSlot | ScaleSlot | SetTraffic | EmitEvent | Notify
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: ModelRolloutStatus
+    actions: list[Action]
+    # When the engine next needs to look (stage end, next analysis, deadline); None = on change only.
+    requeue_after: timedelta | None = None
