@@ -1,0 +1,117 @@
+"""`modelrollout run`: the operator process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from modelrollout import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelrollout", description="ModelRollout operator")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    run.add_argument("--selector", action="append", default=[], metavar="KEY=VALUE",
+                     help="only handle ModelRollouts with this label (repeatable; for sharding)")
+    run.add_argument("--prometheus-url", default=os.environ.get("MODELROLLOUT_PROMETHEUS_URL"),
+                     help="default Prometheus address for rollouts that name none")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="auto", choices=["json", "console", "auto"])
+    run.add_argument("--metrics-port", type=int, default=8081, help="port for /metrics and /healthz (0 = off)")
+    run.add_argument("--metrics-host", default="0.0.0.0")
+    peering = run.add_mutually_exclusive_group()
+    peering.add_argument("--peering", metavar="NAME", help="kopf peering name: one active replica, the others standby")
+    peering.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    run.add_argument("--history-limit", type=int, default=100, help="audit entries kept in status")
+    return parser
+
+
+def _selectors(raw: Sequence[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--selector wants KEY=VALUE, got {item!r}")
+        result[key] = value
+    return result
+
+
+def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
+    configuration = k8s.Configuration()
+    if kubeconfig:
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = 32
+    return k8s.ApiClient(configuration)
+
+
+def run(args: argparse.Namespace) -> None:
+    from modelrollout import handlers, observability
+    from modelrollout.app import build_memo
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    observability.configure_logging(args.log_level, args.log_format)
+    api_client = _api_client(args.kubeconfig)
+    memo = build_memo(api_client, prometheus_url=args.prometheus_url, history_limit=args.history_limit)
+    selectors = _selectors(args.selector)
+
+    @kopf.on.startup()
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.WARNING  # our own events are explicit; kopf's are noise
+        settings.persistence.finalizer = "modelrollout.dev/finalizer"
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.execution.max_workers = 32
+        settings.batching.worker_limit = None
+        if selectors:
+            settings.watching.label_selectors = selectors
+        if args.peering:
+            settings.peering.name = args.peering
+            settings.peering.mandatory = True
+        if args.metrics_port:
+            observability.start_metrics_server(args.metrics_port, args.metrics_host)
+
+    assert handlers  # registrations happen at import
+    namespaces = list(args.namespace)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=not args.peering,
+            peering_name=args.peering,
+            memo=memo,
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        try:
+            run(args)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""kopf registrations only: each handler adapts kopf's call to the reconciler.
+
+- one daemon per ModelRollout drives it: reconcile, then sleep until the engine's next due time
+  or until the object changes (new spec generation or a manual command), whichever is first;
+- a low-level event handler wakes the daemon on such changes (status writes do not wake it);
+- a deletion handler leaves the user's route pointing at the stable backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+import structlog
+
+from modelrollout.api.models import ANNOTATION_COMMAND, GROUP, PLURAL, VERSION, ModelRolloutSpec, ModelRolloutStatus
+from modelrollout.kube.workloads import slot_name
+from modelrollout.reconciler import Reconciler
+from modelrollout.routing import make_router
+
+log = structlog.get_logger("modelrollout.handlers")
+
+RESYNC = timedelta(seconds=30)
+ERROR_BACKOFF = timedelta(seconds=2)
+
+
+@dataclass
+class Memo:
+    """The operator's shared state, handed to kopf as ``memo``."""
+
+    reconciler: Reconciler | None = None
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    seen: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def drive(body: kopf.Body, name: str, namespace: str, stopped: kopf.DaemonStopped, memo: Memo, **_: Any) -> None:
+    """Drive one rollout for as long as it exists."""
+    assert memo.reconciler is not None
+    key = (namespace, name)
+    wake = memo.wakeups.setdefault(key, asyncio.Event())
+    try:
+        while not stopped:
+            wake.clear()
+            delay = RESYNC
+            try:
+                decision = await memo.reconciler.reconcile(_plain(body), _now())
+                if decision is not None and decision.requeue_after is not None:
+                    delay = min(max(decision.requeue_after, timedelta(milliseconds=100)), RESYNC)
+            except Exception:
+                log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
+                delay = ERROR_BACKOFF
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=delay.total_seconds())
+            except TimeoutError:
+                pass
+    finally:
+        memo.wakeups.pop(key, None)
+        memo.seen.pop(key, None)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def wake_on_change(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: Any) -> None:
+    """Wake the rollout's daemon when its spec or its manual command changed (not on status writes)."""
+    key = (namespace, name)
+    fingerprint = (body.metadata.get("generation"), (body.metadata.annotations or {}).get(ANNOTATION_COMMAND))
+    if memo.seen.get(key) == fingerprint:
+        return
+    memo.seen[key] = fingerprint
+    event = memo.wakeups.get(key)
+    if event is not None:
+        event.set()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def release_routes(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: Any) -> None:
+    """Leave the route serving the stable version; Deployments and Services go with their owner."""
+    assert memo.reconciler is not None
+    try:
+        spec = ModelRolloutSpec.model_validate(dict(body.spec))
+    except Exception:
+        return  # an invalid rollout never touched traffic
+    status = ModelRolloutStatus.model_validate(dict(body.status or {}))
+    if status.stable_slot is None:
+        return
+    router = make_router(memo.reconciler.kube.api_client, namespace, name, spec, owner=None)
+    await router.finalize(slot_name(name, status.stable_slot))
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return {
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }

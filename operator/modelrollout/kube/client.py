@@ -1,0 +1,189 @@
+"""The Kubernetes calls the reconciler makes: slots, status, secrets.
+
+The official client is synchronous; every call here runs in a worker thread so the operator's
+event loop never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from modelrollout.api.models import GROUP, PLURAL, VERSION, ModelRef, ModelRolloutSpec
+from modelrollout.engine.types import Slot
+from modelrollout.kube.workloads import (
+    ANNOTATION_DIGEST,
+    ANNOTATION_URI,
+    ANNOTATION_VERSION,
+    build_deployment,
+    build_service,
+    slot_name,
+)
+
+
+class SecretNotFound(Exception):
+    """A Secret or key a rollout references does not exist."""
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+def _template_identity(deployment: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    annotations = (
+        ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    ).get("annotations") or {}
+    return (
+        annotations.get(ANNOTATION_VERSION),
+        annotations.get(ANNOTATION_URI),
+        annotations.get(ANNOTATION_DIGEST),
+    )
+
+
+class KubeClient:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self.api_client = api_client
+        self.apps = k8s.AppsV1Api(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.custom = k8s.CustomObjectsApi(api_client)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def call() -> dict[str, Any] | None:
+            try:
+                return _json(
+                    self.apps.read_namespaced_deployment(name, namespace, _preload_content=False)
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        return await asyncio.to_thread(call)
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        def call() -> str:
+            try:
+                secret = _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise SecretNotFound(f'Secret "{name}" not found in namespace "{namespace}"') from exc
+                if exc.status == 403:
+                    raise SecretNotFound(
+                        f'Secret "{name}" in namespace "{namespace}" is not readable by the operator'
+                    ) from exc
+                raise
+            data = secret.get("data") or {}
+            if key not in data:
+                raise SecretNotFound(f'Secret "{name}" has no key "{key}"')
+            return base64.b64decode(data[key]).decode("utf-8")
+
+        return await asyncio.to_thread(call)
+
+    # ----------------------------------------------------------------- writes
+
+    async def ensure_slot(
+        self, owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot, model: ModelRef, replicas: int
+    ) -> bool:
+        """Create or update the slot's Service and Deployment. Returns True when anything was written.
+
+        A Deployment already running ``model`` only has its replica count adjusted: its pod template
+        is never rewritten, so a role switch or a spec edit does not restart model servers.
+        """
+        namespace = owner["metadata"]["namespace"]
+        name = slot_name(owner["metadata"]["name"], slot)
+        wrote = await self._ensure_service(owner, spec, slot)
+        current = await self.get_deployment(namespace, name)
+        wanted = build_deployment(owner, spec, slot, model, replicas)
+
+        def create() -> None:
+            self.apps.create_namespaced_deployment(namespace, wanted, _preload_content=False)
+
+        def patch(body: dict[str, Any]) -> None:
+            self.apps.patch_namespaced_deployment(name, namespace, body, _preload_content=False)
+
+        if current is None:
+            await asyncio.to_thread(create)
+            return True
+        if _template_identity(current) != (model.version, model.uri, model.digest):
+            # A new model for this slot: replace the template (a rolling update of this slot only).
+            await asyncio.to_thread(
+                patch,
+                [
+                    {"op": "replace", "path": "/spec/template", "value": wanted["spec"]["template"]},
+                    {"op": "replace", "path": "/spec/replicas", "value": replicas},
+                ],
+            )
+            return True
+        if (current.get("spec") or {}).get("replicas") != replicas:
+            await asyncio.to_thread(patch, {"spec": {"replicas": replicas}})
+            return True
+        return wrote
+
+    async def _ensure_service(self, owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot) -> bool:
+        namespace = owner["metadata"]["namespace"]
+        wanted = build_service(owner, spec, slot)
+        name = wanted["metadata"]["name"]
+
+        def call() -> bool:
+            try:
+                current = _json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self.core.create_namespaced_service(namespace, wanted, _preload_content=False)
+                return True
+            cur_spec = current.get("spec") or {}
+            ports = [
+                {k: p.get(k) for k in ("name", "port", "targetPort", "protocol")}
+                for p in cur_spec.get("ports") or []
+            ]
+            if cur_spec.get("selector") == wanted["spec"]["selector"] and ports == wanted["spec"]["ports"]:
+                return False
+            self.core.patch_namespaced_service(
+                name,
+                namespace,
+                {"spec": {"selector": wanted["spec"]["selector"], "ports": wanted["spec"]["ports"]}},
+                _preload_content=False,
+            )
+            return True
+
+        return await asyncio.to_thread(call)
+
+    async def scale_slot(self, namespace: str, rollout: str, slot: Slot, replicas: int) -> bool:
+        name = slot_name(rollout, slot)
+        current = await self.get_deployment(namespace, name)
+        if current is None or (current.get("spec") or {}).get("replicas") == replicas:
+            return False
+
+        def call() -> None:
+            self.apps.patch_namespaced_deployment(
+                name, namespace, {"spec": {"replicas": replicas}}, _preload_content=False
+            )
+
+        await asyncio.to_thread(call)
+        return True
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource. ``None`` values delete fields."""
+
+        def call() -> None:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": status},
+                _preload_content=False,
+                _content_type="application/merge-patch+json",
+            )
+
+        await asyncio.to_thread(call)

@@ -1,0 +1,158 @@
+"""Pure builders of the per-slot Deployment and Service, and the reading of slot readiness.
+
+Each ModelRollout ``<name>`` owns two slots, ``a`` and ``b``: a Deployment and a Service each,
+both named ``<name>-<slot>``. Which slot is stable is recorded in ``status.stableSlot``; roles
+are never written into the pod template, so promotion (a role switch) restarts no pod.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from modelrollout.api.models import API_VERSION, GROUP, KIND, ModelRef, ModelRolloutSpec
+from modelrollout.engine.types import Slot, SlotState
+
+LABEL_ROLLOUT = f"{GROUP}/rollout"
+LABEL_SLOT = f"{GROUP}/slot"
+LABEL_VERSION = f"{GROUP}/version"
+LABEL_SERVICE = f"{GROUP}/service"
+ANNOTATION_VERSION = f"{GROUP}/model-version"
+ANNOTATION_URI = f"{GROUP}/model-uri"
+ANNOTATION_DIGEST = f"{GROUP}/model-digest"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "modelrollout-operator"}
+
+_LABEL_VALUE_MAX = 63
+
+
+def slot_name(rollout: str, slot: Slot) -> str:
+    return f"{rollout}-{slot}"
+
+
+def label_value(value: str) -> str:
+    """A label-safe rendering of a version (labels allow [A-Za-z0-9._-], max 63, alnum at ends)."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in value)[:_LABEL_VALUE_MAX]
+    return cleaned.strip("._-") or "unknown"
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def selector_labels(rollout: str, slot: Slot) -> dict[str, str]:
+    return {LABEL_ROLLOUT: rollout, LABEL_SLOT: slot}
+
+
+def _model_env(model: ModelRef) -> list[dict[str, str]]:
+    env = [
+        {"name": "MODEL_NAME", "value": model.name},
+        {"name": "MODEL_VERSION", "value": model.version},
+        {"name": "MODEL_URI", "value": model.uri},
+    ]
+    if model.digest:
+        env.append({"name": "MODEL_DIGEST", "value": model.digest})
+    return env
+
+
+def build_pod_template(
+    template: dict[str, Any], rollout: str, slot: Slot, model: ModelRef, port: int
+) -> dict[str, Any]:
+    """The user's PodTemplateSpec with the model identity injected into every container."""
+    pod = copy.deepcopy(template)
+    meta = pod.setdefault("metadata", {})
+    meta.pop("name", None)
+    meta.pop("namespace", None)
+    labels = meta.setdefault("labels", {})
+    labels.update(selector_labels(rollout, slot))
+    labels[LABEL_VERSION] = label_value(model.version)
+    labels[LABEL_SERVICE] = slot_name(rollout, slot)
+    annotations = meta.setdefault("annotations", {})
+    annotations[ANNOTATION_VERSION] = model.version
+    annotations[ANNOTATION_URI] = model.uri
+    if model.digest:
+        annotations[ANNOTATION_DIGEST] = model.digest
+    spec = pod.setdefault("spec", {})
+    injected = _model_env(model)
+    injected_names = {e["name"] for e in injected}
+    for container in spec.get("containers", []):
+        kept = [e for e in container.get("env", []) if e.get("name") not in injected_names]
+        container["env"] = kept + injected
+        if not container.get("ports"):
+            container["ports"] = [{"name": "http", "containerPort": port}]
+    return pod
+
+
+def build_deployment(
+    owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot, model: ModelRef, replicas: int
+) -> dict[str, Any]:
+    rollout = owner["metadata"]["name"]
+    port = spec.service.target_port or spec.service.port
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": slot_name(rollout, slot),
+            "namespace": owner["metadata"]["namespace"],
+            "labels": {**MANAGED_BY, **selector_labels(rollout, slot)},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(rollout, slot)},
+            "template": build_pod_template(spec.template, rollout, slot, model, port),
+        },
+    }
+
+
+def build_service(owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot) -> dict[str, Any]:
+    rollout = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": slot_name(rollout, slot),
+            "namespace": owner["metadata"]["namespace"],
+            "labels": {**MANAGED_BY, **selector_labels(rollout, slot)},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "selector": selector_labels(rollout, slot),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": spec.service.port,
+                    "targetPort": spec.service.target_port or spec.service.port,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def slot_state(deployment: dict[str, Any] | None) -> SlotState:
+    """Readiness of a slot from its Deployment, as the real controllers report it."""
+    if not deployment:
+        return SlotState()
+    meta = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    template_meta = (spec.get("template") or {}).get("metadata") or {}
+    annotations = template_meta.get("annotations") or {}
+    desired = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+    return SlotState(
+        exists=True,
+        version=annotations.get(ANNOTATION_VERSION),
+        desired=desired,
+        ready=int(status.get("readyReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        observed_current=int(status.get("observedGeneration") or 0)
+        >= int(meta.get("generation") or 0),
+    )

@@ -1,0 +1,283 @@
+"""observe -> engine.decide -> apply actions -> status patch.
+
+One call of :meth:`Reconciler.reconcile` is one tick for one ModelRollout. Everything it needs
+to resume lives in ``.status``; everything it does is convergent, so a restart at any point
+repeats at most a write that is already in place.
+
+Ordering of side effects (what an operator restart between any two of them sees):
+1. traffic moving *towards stable* (rollback, supersede, promotion's final switch) first;
+2. then the status patch, which commits the decision (stage, counters, history);
+3. then everything else: workloads, traffic towards the candidate, scale-downs, events,
+   notifications. A crash after (2) is healed by the next tick, which sees the route or the
+   Deployment disagree with the committed status and converges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from modelrollout import engine
+from modelrollout.api import validation
+from modelrollout.api.models import (
+    ANNOTATION_COMMAND,
+    ANNOTATION_COMMAND_BY,
+    MetricResult,
+    ModelRolloutSpec,
+    ModelRolloutStatus,
+    Verdict,
+    WebhookSpec,
+    WebhookType,
+)
+from modelrollout.engine.types import (
+    Action,
+    Command,
+    CommandVerb,
+    Decision,
+    EmitEvent,
+    EnsureSlot,
+    GateResult,
+    Notify,
+    Observation,
+    RouteState,
+    ScaleSlot,
+    SetTraffic,
+    Slot,
+)
+from modelrollout.kube.client import KubeClient, SecretNotFound
+from modelrollout.kube.workloads import slot_name, slot_state
+from modelrollout.metrics import analysis as metric_analysis
+from modelrollout.metrics.providers import ProviderFactory
+from modelrollout.routing import make_router
+from modelrollout.routing.base import DesiredRoutes, RoutingError, TrafficRouter
+
+log = structlog.get_logger("modelrollout.reconciler")
+
+EventSink = Callable[[dict[str, Any], str, str, str], None]
+"""(body, type, reason, message) -> None: posts a Kubernetes Event about the rollout."""
+
+
+@dataclass
+class OperatorConfig:
+    prometheus_url: str | None = None
+    history_limit: int = 100
+
+
+@dataclass
+class Reconciler:
+    kube: KubeClient
+    providers: ProviderFactory
+    post_event: EventSink
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    notifier: Callable[[dict[str, Any], ModelRolloutSpec, Notify], Awaitable[None]] | None = None
+    gate_caller: Callable[[dict[str, Any], ModelRolloutSpec, WebhookSpec, ModelRolloutStatus], Awaitable[GateResult]] | None = None
+    on_decision: Callable[[dict[str, Any], Decision, float], None] | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision | None:
+        started = time.perf_counter()
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        status = _parse_status(body.get("status"))
+        generation = int(meta.get("generation") or 0)
+
+        try:
+            spec = ModelRolloutSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            await self._hold_invalid(body, status, validation.format_errors(exc), generation, now)
+            return None
+
+        problems = validation.validate(spec)
+        router: TrafficRouter | None = None
+        routing_error: str | None = None
+        route: RouteState | None = None
+        if not problems:
+            router = make_router(self.kube.api_client, namespace, name, spec, owner=body)
+            try:
+                route = await router.observe()
+            except RoutingError as exc:
+                routing_error = str(exc)
+
+        deployments = await asyncio.gather(
+            self.kube.get_deployment(namespace, slot_name(name, "a")),
+            self.kube.get_deployment(namespace, slot_name(name, "b")),
+        )
+        slots: dict[Slot, Any] = {"a": slot_state(deployments[0]), "b": slot_state(deployments[1])}
+
+        analysis: list[MetricResult] | None = None
+        gates: dict[str, GateResult] = {}
+        if not problems and not routing_error:
+            checks = engine.checks_due(spec, status, now)
+            if checks:
+                analysis = await self._run_checks(namespace, name, spec, status, checks, now)
+            for gate in engine.gates_due(spec, status, now):
+                gates[gate.name] = await self._call_gate(body, spec, gate, status)
+
+        observation = Observation(
+            generation=generation,
+            slots=slots,
+            route=route,
+            analysis=analysis,
+            command=parse_command(meta.get("annotations") or {}),
+            gates=gates,
+            validation_errors=problems,
+            routing_error=routing_error,
+        )
+        decision = engine.decide(spec, status, observation, now)
+        await self._apply(body, spec, status, decision, router)
+        if self.on_decision is not None:
+            self.on_decision(body, decision, time.perf_counter() - started)
+        return decision
+
+    # ----------------------------------------------------------------- apply
+
+    async def _apply(
+        self,
+        body: dict[str, Any],
+        spec: ModelRolloutSpec,
+        before: ModelRolloutStatus,
+        decision: Decision,
+        router: TrafficRouter | None,
+    ) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        first: list[Action] = []
+        rest: list[Action] = []
+        for action in decision.actions:
+            towards_stable = isinstance(action, SetTraffic) and action.candidate_weight == 0 and action.mirror == 0
+            (first if towards_stable else rest).append(action)
+
+        for action in first:
+            await self._do(body, spec, action, router)
+        new_status = decision.status.model_dump(mode="json", by_alias=True)
+        if new_status != before.model_dump(mode="json", by_alias=True):
+            await self.kube.patch_status(namespace, name, new_status)
+        for action in rest:
+            await self._do(body, spec, action, router)
+
+    async def _do(
+        self, body: dict[str, Any], spec: ModelRolloutSpec, action: Action, router: TrafficRouter | None
+    ) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if isinstance(action, SetTraffic):
+            if router is None:
+                return
+            await router.apply(
+                DesiredRoutes(
+                    stable_service=slot_name(name, action.stable_slot),
+                    candidate_service=slot_name(name, action.candidate_slot) if action.candidate_slot else None,
+                    candidate_weight=action.candidate_weight,
+                    mirror=action.mirror,
+                )
+            )
+        elif isinstance(action, EnsureSlot):
+            await self.kube.ensure_slot(body, spec, action.slot, action.model, action.replicas)
+        elif isinstance(action, ScaleSlot):
+            await self.kube.scale_slot(namespace, name, action.slot, action.replicas)
+        elif isinstance(action, EmitEvent):
+            self.post_event(body, action.type, action.reason, action.message)
+        elif isinstance(action, Notify):
+            if self.notifier is not None and spec.webhooks:
+                self._spawn(self.notifier(body, spec, action))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:  # a notification must never break a reconcile
+                log.warning("notification failed", exc_info=True)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -------------------------------------------------------------- analysis
+
+    async def _run_checks(
+        self,
+        namespace: str,
+        name: str,
+        spec: ModelRolloutSpec,
+        status: ModelRolloutStatus,
+        checks: list[Any],
+        now: datetime,
+    ) -> list[MetricResult]:
+        try:
+            provider = await self.providers.for_spec(namespace, spec.analysis.prometheus, self.config.prometheus_url)
+        except (SecretNotFound, ValueError) as exc:
+            return [
+                MetricResult(name=c.name, verdict=Verdict.ERROR, message=str(exc), measured_at=now)
+                for c in checks
+            ]
+        stable_slot = status.stable_slot or "a"
+        candidate_slot: Slot = "b" if stable_slot == "a" else "a"
+        ctx = metric_analysis.QueryContext(
+            namespace=namespace,
+            rollout=name,
+            stable_service=slot_name(name, stable_slot),
+            candidate_service=slot_name(name, candidate_slot),
+            stage=status.stage.name if status.stage else "",
+            version=status.candidate.version if status.candidate else spec.model.version,
+            interval=spec.analysis.interval,
+        )
+        return await metric_analysis.run_checks(
+            checks, ctx, provider, now, status.stage.ready_at if status.stage else None
+        )
+
+    async def _call_gate(
+        self, body: dict[str, Any], spec: ModelRolloutSpec, gate: WebhookSpec, status: ModelRolloutStatus
+    ) -> GateResult:
+        if self.gate_caller is None:
+            return GateResult.OPEN if gate.type is not WebhookType.CONFIRM_PROMOTION else GateResult.CLOSED
+        return await self.gate_caller(body, spec, gate, status)
+
+    # --------------------------------------------------------------- invalid
+
+    async def _hold_invalid(
+        self,
+        body: dict[str, Any],
+        status: ModelRolloutStatus,
+        problems: list[str],
+        generation: int,
+        now: datetime,
+    ) -> None:
+        """A spec that does not even parse: record why, touch nothing else."""
+        new = engine.invalid_spec_status(status, problems, generation, now)
+        meta = body["metadata"]
+        if new.model_dump(mode="json", by_alias=True) != status.model_dump(mode="json", by_alias=True):
+            await self.kube.patch_status(meta["namespace"], meta["name"], new.model_dump(mode="json", by_alias=True))
+            if new.message != status.message:
+                self.post_event(body, "Warning", "InvalidSpec", new.message)
+
+
+def _parse_status(raw: dict[str, Any] | None) -> ModelRolloutStatus:
+    try:
+        return ModelRolloutStatus.model_validate(raw or {})
+    except ValidationError:
+        log.error("status unreadable; starting from an empty status", exc_info=True)
+        return ModelRolloutStatus()
+
+
+def parse_command(annotations: dict[str, str]) -> Command | None:
+    """``modelrollout.dev/command: <verb>[:<id>]``; unknown verbs are ignored (and reported by the engine)."""
+    raw = (annotations.get(ANNOTATION_COMMAND) or "").strip()
+    if not raw:
+        return None
+    verb, _, command_id = raw.partition(":")
+    try:
+        parsed = CommandVerb(verb.strip().lower())
+    except ValueError:
+        return None
+    return Command(
+        verb=parsed,
+        id=raw,
+        actor=(annotations.get(ANNOTATION_COMMAND_BY) or "unknown")[:253],
+    )
