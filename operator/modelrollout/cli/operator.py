@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from modelrollout import __version__
+from modelrollout.api.models import GROUP, PLURAL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     peering = run.add_mutually_exclusive_group()
     peering.add_argument("--peering", metavar="NAME", help="kopf peering name: one active replica, the others standby")
     peering.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    run.add_argument("--priority", type=int, default=None,
+                     help="peering priority; the highest live one is active (default: random)")
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--history-limit", type=int, default=100, help="audit entries kept in status")
     return parser
@@ -84,10 +88,15 @@ def run(args: argparse.Namespace) -> None:
         settings.execution.max_workers = 32
         settings.batching.worker_limit = None
         if selectors:
-            settings.watching.label_selectors = selectors
+            # Server-side filtering: this process never even sees other shards' rollouts.
+            settings.watching.label_selectors[GROUP, PLURAL] = ",".join(
+                f"{k}={v}" for k, v in sorted(selectors.items())
+            )
         if args.peering:
             settings.peering.name = args.peering
             settings.peering.mandatory = True
+            # kopf pauses every peer when priorities tie, so each replica needs its own.
+            settings.peering.priority = args.priority if args.priority is not None else random.randint(1, 2**31)
         if args.metrics_port:
             observability.start_metrics_server(args.metrics_port, args.metrics_host)
 

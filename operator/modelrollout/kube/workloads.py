@@ -31,7 +31,9 @@ def slot_name(rollout: str, slot: Slot) -> str:
 
 def label_value(value: str) -> str:
     """A label-safe rendering of a version (labels allow [A-Za-z0-9._-], max 63, alnum at ends)."""
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in value)[:_LABEL_VALUE_MAX]
+    cleaned = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "_" for c in value)[
+        :_LABEL_VALUE_MAX
+    ]
     return cleaned.strip("._-") or "unknown"
 
 
