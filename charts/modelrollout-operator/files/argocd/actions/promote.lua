@@ -1,0 +1,10 @@
+-- Argo CD action "promote" for modelrollout.dev/ModelRollout: asks the operator to promote by
+-- setting the command annotation to "promote:<unique id>" (the id makes a repeated command new).
+local os = require("os")
+if obj.metadata.annotations == nil then
+  obj.metadata.annotations = {}
+end
+local id = "argocd-" .. os.time() .. "-" .. (obj.metadata.resourceVersion or "0")
+obj.metadata.annotations["modelrollout.dev/command"] = "promote:" .. id
+obj.metadata.annotations["modelrollout.dev/command-by"] = "argocd"
+return obj
