@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from modelrollout.api.models import GROUP, PLURAL, VERSION, ModelRef, ModelRolloutSpec
 from modelrollout.engine.types import Slot

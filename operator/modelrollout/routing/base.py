@@ -17,6 +17,19 @@ class DesiredRoutes:
     candidate_weight: int
     mirror: int
 
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not 0 <= self.candidate_weight <= 100:
+            problems.append(f"candidate_weight must be 0..100, got {self.candidate_weight}")
+        if not 0 <= self.mirror <= 100:
+            problems.append(f"mirror must be 0..100, got {self.mirror}")
+        if self.candidate_service is None and (self.candidate_weight or self.mirror):
+            problems.append("candidate_weight and mirror need a candidate_service")
+        if self.candidate_service is not None and self.candidate_service == self.stable_service:
+            problems.append(f"stable and candidate are the same Service {self.stable_service!r}")
+        if problems:
+            raise ValueError("invalid DesiredRoutes: " + "; ".join(problems))
+
     @property
     def stable_weight(self) -> int:
         return 100 - self.candidate_weight
@@ -25,6 +38,10 @@ class DesiredRoutes:
 class RoutingError(Exception):
     """The route cannot be managed (missing object, rule index out of range, ...). Not retryable
     until the user fixes it; the message names the object and the problem."""
+
+
+class RouteNotFound(RoutingError):
+    """The route object itself does not exist (finalize tolerates this one)."""
 
 
 class TrafficRouter(Protocol):

@@ -1,0 +1,259 @@
+"""Shared machinery of the routers that edit one custom object (HTTPRoute, VirtualService).
+
+Each such router is split in two:
+
+- a pure *editor* (``render(body, desired) -> new body`` and ``parse(body) -> RouteState``) that
+  knows the object's schema and touches only the paths the operator manages;
+- :class:`CustomObjectRouter`, the thin I/O part: read the object, diff the editor's rendering
+  against it into a JSON patch guarded by a ``test`` of ``metadata.resourceVersion``, write it,
+  and on a conflict re-read and recompute (bounded retries with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jsonpatch
+import structlog
+from kubernetes.client.exceptions import ApiException
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from modelrollout.engine.types import RouteState
+from modelrollout.kube.workloads import slot_name
+from modelrollout.routing.base import DesiredRoutes, RouteNotFound, RoutingError
+
+log = structlog.get_logger("modelrollout.routing")
+
+Body = dict[str, Any]
+JsonPatch = list[dict[str, Any]]
+
+RESOURCE_VERSION_PATH = "/metadata/resourceVersion"
+
+
+def slot_services(rollout: str) -> tuple[str, str]:
+    """The two Service names a rollout's routes may point at: ``<name>-a`` and ``<name>-b``."""
+    return slot_name(rollout, "a"), slot_name(rollout, "b")
+
+
+def check_desired_services(desired: DesiredRoutes, rollout: str) -> None:
+    """The engine only ever routes to the rollout's own slot Services; anything else is a bug."""
+    ours = slot_services(rollout)
+    for role, service in (
+        ("stable", desired.stable_service),
+        ("candidate", desired.candidate_service),
+    ):
+        if service is not None and service not in ours:
+            raise ValueError(
+                f"{role} Service {service!r} is not one of rollout {rollout!r}'s slot "
+                f"Services {ours}"
+            )
+
+
+def json_patch(current: Body, new: Body) -> JsonPatch | None:
+    """The JSON patch turning ``current`` into ``new``, guarded by a resourceVersion test.
+
+    None when nothing changes, so an idempotent re-apply writes nothing.
+    """
+    ops: JsonPatch = jsonpatch.make_patch(current, new).patch
+    if not ops:
+        return None
+    if jsonpatch.apply_patch(current, ops) != new:  # never trust a diff blindly
+        ops = [{"op": "replace", "path": "/spec", "value": new["spec"]}]
+    resource_version = (current.get("metadata") or {}).get("resourceVersion")
+    if not resource_version:
+        raise ValueError(
+            "the object has no metadata.resourceVersion; it was not read from the API server"
+        )
+    return [{"op": "test", "path": RESOURCE_VERSION_PATH, "value": resource_version}, *ops]
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A write lost a race: 409 Conflict, or a JSON patch that no longer applies.
+
+    The API server answers a patch that does not apply (our resourceVersion ``test`` op failed,
+    or a path we edit changed) with a bare 422 "the server rejected our request due to an error
+    in our request" and no field causes. The patch was computed from the version we read, so
+    that can only mean the object changed: re-read and recompute. A schema violation is a 422
+    too, but it names the offending fields (``details.causes``) and is not retried.
+    """
+    if not isinstance(exc, ApiException):
+        return False
+    if exc.status == 409:
+        return True
+    if exc.status != 422:
+        return False
+    try:
+        status = json.loads(exc.body or "")
+    except ValueError:
+        return False
+    return isinstance(status, dict) and not (status.get("details") or {}).get("causes")
+
+
+class RouteEditor(Protocol):
+    """The pure part of a router."""
+
+    def render(self, body: Body, desired: DesiredRoutes) -> Body:
+        """``body`` with the managed paths set to ``desired``, as a new dict (``body`` is kept)."""
+        ...
+
+    def parse(self, body: Body) -> RouteState:
+        """What the object routes now. Raises RoutingError when the operator cannot manage it."""
+        ...
+
+
+def compute_patch(editor: RouteEditor, body: Body, desired: DesiredRoutes) -> JsonPatch | None:
+    return json_patch(body, editor.render(body, desired))
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class CustomObjectRouter:
+    """Applies a :class:`RouteEditor` to one namespaced custom object through CustomObjectsApi."""
+
+    retry_attempts = 5
+    retry_initial_wait = 0.05  # seconds; doubles per attempt, with jitter
+    retry_max_wait = 1.0
+
+    def __init__(self, ref: ObjectRef, editor: RouteEditor, custom_api: Any) -> None:
+        self.ref = ref
+        self.editor = editor
+        self._api = custom_api
+
+    async def read(self) -> Body:
+        def call() -> Body:
+            try:
+                body: Body = self._api.get_namespaced_custom_object(
+                    group=self.ref.group,
+                    version=self.ref.version,
+                    namespace=self.ref.namespace,
+                    plural=self.ref.plural,
+                    name=self.ref.name,
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise RouteNotFound(
+                        f"{self.ref} not found ({self.ref.group}/{self.ref.version}); "
+                        "create it or fix spec.trafficRouting"
+                    ) from exc
+                raise
+            return body
+
+        return await asyncio.to_thread(call)
+
+    async def _write(self, patch: JsonPatch) -> None:
+        def call() -> None:
+            self._api.patch_namespaced_custom_object(
+                group=self.ref.group,
+                version=self.ref.version,
+                namespace=self.ref.namespace,
+                plural=self.ref.plural,
+                name=self.ref.name,
+                body=patch,
+                _content_type="application/json-patch+json",
+            )
+
+        await asyncio.to_thread(call)
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(is_conflict),
+            stop=stop_after_attempt(self.retry_attempts),
+            wait=wait_exponential(multiplier=self.retry_initial_wait, max=self.retry_max_wait)
+            + wait_random(0, self.retry_initial_wait),
+            reraise=True,
+        )
+
+    async def apply(self, desired: DesiredRoutes) -> bool:
+        async for attempt in self._retrying():
+            with attempt:
+                body = await self.read()
+                patch = compute_patch(self.editor, body, desired)
+                if patch is None:
+                    return False
+                await self._write(patch)
+                log.info(
+                    "route updated",
+                    object=str(self.ref),
+                    stable=desired.stable_service,
+                    candidate=desired.candidate_service,
+                    candidate_weight=desired.candidate_weight,
+                    mirror=desired.mirror,
+                    attempt=attempt.retry_state.attempt_number,
+                )
+                return True
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def observe(self) -> RouteState:
+        return self.editor.parse(await self.read())
+
+    async def verify(self, desired: DesiredRoutes) -> bool:
+        return compute_patch(self.editor, await self.read(), desired) is None
+
+    async def finalize(self, stable_service: str) -> None:
+        try:
+            await self.apply(DesiredRoutes(stable_service, None, 0, 0))
+        except RouteNotFound:
+            log.info("route already gone; nothing to release", object=str(self.ref))
+
+
+def route_state(
+    where: str, weights: dict[str, int], mirror: int, mirror_target: str | None
+) -> RouteState:
+    """RouteState from the weight per Service (in backend order) and our mirror.
+
+    The operator writes the stable Service first; while mirroring, the mirror target is the
+    candidate whatever the order. Weights are relative, so they are turned into percentages.
+    """
+    names = list(weights)
+    if mirror_target in names and len(names) == 2:
+        names.remove(mirror_target)
+        names.append(mirror_target)
+    stable = names[0] if names else None
+    candidate = names[1] if len(names) > 1 else mirror_target
+    if candidate == stable:
+        candidate = None
+    total = sum(weights.values())
+
+    def percent(service: str | None) -> int:
+        return round(100 * weights.get(service or "", 0) / total) if total else 0
+
+    return RouteState(
+        found=True,
+        stable_weight=percent(stable),
+        candidate_weight=percent(candidate),
+        mirror=mirror,
+        message=(
+            f"{where}: stable {stable or '-'} {percent(stable)}%, "
+            f"candidate {candidate or '-'} {percent(candidate)}%, mirror {mirror}%"
+        ),
+    )
+
+
+def routing_error_foreign(
+    obj: str, where: str, foreign: list[str], ours: tuple[str, str]
+) -> RoutingError:
+    return RoutingError(
+        f"{obj} {where} sends traffic to {', '.join(foreign)}, which the operator does not manage; "
+        f"it may only point at the rollout's Services {ours[0]} and {ours[1]}. Move the other "
+        "backends to a rule of their own, or point this one at the rollout's Services"
+    )
