@@ -33,13 +33,18 @@ ensure_deb_src() {
       grep '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' \
         | $SUDO tee /etc/apt/sources.list.d/modelrollout-deb-src.list >/dev/null
     fi
-    apt_updated=0
+    $SUDO apt-get update -qq; apt_updated=1
   fi
-  if [ $apt_updated = 0 ]; then $SUDO apt-get update -qq; apt_updated=1; fi
 }
 
+src_version() { apt-cache showsrc kubernetes 2>/dev/null | awk '/^Version:/ {print $2; exit}'; }
+
 ensure_deb_src
-version=$(apt-cache showsrc kubernetes | awk '/^Version:/ {print $2; exit}')
+version=$(src_version)
+# Only refresh the package lists when they do not know the source package yet.
+if [ -z "$version" ] && [ $apt_updated = 0 ]; then
+  $SUDO apt-get update -qq; apt_updated=1; version=$(src_version)
+fi
 [ -n "$version" ] || { echo "cannot find Debian source package 'kubernetes'" >&2; exit 1; }
 out="$CACHE/kubernetes-$version/bin"
 if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ]; then
