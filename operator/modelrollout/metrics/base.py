@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,32 @@ class MetricProvider(Protocol):
     ) -> RangeOutcome: ...
 
     async def is_online(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of an instant vector: its labels and its value."""
+
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class Vector:
+    """An instant vector with at least one series (an empty one is :class:`NoData`)."""
+
+    series: tuple[Series, ...]
+
+
+VectorOutcome = Vector | NoData | ProviderError
+
+
+@runtime_checkable
+class VectorProvider(MetricProvider, Protocol):
+    """A provider that can also return a whole instant vector (several series).
+
+    Needed by distribution checks (``prediction-psi`` reads one series per histogram bucket).
+    Kept apart from :class:`MetricProvider` so simple fakes need only the three methods above.
+    """
+
+    async def query_vector(self, promql: str, at: datetime | None = None) -> VectorOutcome: ...
