@@ -8,7 +8,12 @@
 #  - the build needs golang-go (1.19), rsync and jq;
 #  - the vendored github.com/modern-go/reflect2 v1.0.1 crashes the apiserver
 #    under Go 1.19 (SIGSEGV in mapiterinit on the first custom-resource create),
-#    so it is replaced by Debian's golang-github-modern-go-reflect2-dev (1.0.2).
+#    so it is replaced by Debian's golang-github-modern-go-reflect2-dev (1.0.2);
+#  - the vendored github.com/go-openapi/validate v0.19.8 treats an empty string as null when
+#    built with Go >= 1.16, so a custom resource with "" in a string field is refused
+#    ('must be of type string: "null"', kubernetes/kubernetes#99804). The upstream fix
+#    (go-openapi/validate#138) checks only for a nil value; it is applied here.
+# BUILD_REVISION names the patch set: bump it when the patches change, so caches rebuild.
 set -euo pipefail
 
 CACHE="${MODELROLLOUT_LAB_CACHE:-$HOME/.cache/modelrollout-lab}"
@@ -46,7 +51,8 @@ if [ -z "$version" ] && [ $apt_updated = 0 ]; then
   $SUDO apt-get update -qq; apt_updated=1; version=$(src_version)
 fi
 [ -n "$version" ] || { echo "cannot find Debian source package 'kubernetes'" >&2; exit 1; }
-out="$CACHE/kubernetes-$version/bin"
+BUILD_REVISION=mr2
+out="$CACHE/kubernetes-$version-$BUILD_REVISION/bin"
 if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ]; then
   echo "$out"
   exit 0
@@ -61,6 +67,13 @@ cd src
 # Swap the crashing reflect2 for Debian's 1.0.2 sources.
 rm -rf vendor/github.com/modern-go/reflect2
 cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
+# Empty strings are values, not null (go-openapi/validate#138).
+validate_type=vendor/github.com/go-openapi/validate/type.go
+grep -q 'reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))' "$validate_type"
+sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$validate_type"
+if grep -q 'reflect.DeepEqual(reflect.Zero' "$validate_type"; then
+  echo "patching $validate_type failed" >&2; exit 1
+fi
 # GOPATH as debian/rules lays it out: the tree at _output/local/go/src/k8s.io/kubernetes.
 export GOPATH="$PWD/_output/local/go"
 export GO111MODULE=off GOFLAGS=-mod=vendor GOCACHE="$work/gocache" GOPROXY=off

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,14 @@ from typing import Any
 import kopf
 import structlog
 
-from modelrollout.api.models import ANNOTATION_COMMAND, GROUP, PLURAL, VERSION, ModelRolloutSpec, ModelRolloutStatus
+from modelrollout.api.models import (
+    ANNOTATION_COMMAND,
+    GROUP,
+    PLURAL,
+    VERSION,
+    ModelRolloutSpec,
+    ModelRolloutStatus,
+)
 from modelrollout.kube.workloads import slot_name
 from modelrollout.reconciler import Reconciler
 from modelrollout.routing import make_router
@@ -41,10 +49,17 @@ def _now() -> datetime:
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def drive(body: kopf.Body, name: str, namespace: str, stopped: kopf.DaemonStopped, memo: Memo, **_: Any) -> None:
+async def drive(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    stopped: kopf.DaemonStopped,
+    memo: Memo,
+    **_: Any,
+) -> None:
     """Drive one rollout for as long as it exists."""
     assert memo.reconciler is not None
-    key = (namespace, name)
+    key = (namespace or "", name)
     wake = memo.wakeups.setdefault(key, asyncio.Event())
     try:
         while not stopped:
@@ -57,20 +72,21 @@ async def drive(body: kopf.Body, name: str, namespace: str, stopped: kopf.Daemon
             except Exception:
                 log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
                 delay = ERROR_BACKOFF
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay.total_seconds())
-            except TimeoutError:
-                pass
     finally:
         memo.wakeups.pop(key, None)
         memo.seen.pop(key, None)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def wake_on_change(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: Any) -> None:
-    """Wake the rollout's daemon when its spec or its manual command changed (not on status writes)."""
-    key = (namespace, name)
-    fingerprint = (body.metadata.get("generation"), (body.metadata.annotations or {}).get(ANNOTATION_COMMAND))
+def wake_on_change(body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any) -> None:
+    """Wake the rollout's daemon when its spec or manual command changed (not on status writes)."""
+    key = (namespace or "", name)
+    fingerprint = (
+        body.metadata.get("generation"),
+        (body.metadata.annotations or {}).get(ANNOTATION_COMMAND),
+    )
     if memo.seen.get(key) == fingerprint:
         return
     memo.seen[key] = fingerprint
@@ -80,7 +96,9 @@ def wake_on_change(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: 
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def release_routes(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: Any) -> None:
+async def release_routes(
+    body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any
+) -> None:
     """Leave the route serving the stable version; Deployments and Services go with their owner."""
     assert memo.reconciler is not None
     try:
@@ -90,7 +108,7 @@ async def release_routes(body: kopf.Body, name: str, namespace: str, memo: Memo,
     status = ModelRolloutStatus.model_validate(dict(body.status or {}))
     if status.stable_slot is None:
         return
-    router = make_router(memo.reconciler.kube.api_client, namespace, name, spec, owner=None)
+    router = make_router(memo.reconciler.kube.api_client, namespace or "", name, spec, owner=None)
     await router.finalize(slot_name(name, status.stable_slot))
 
 

@@ -32,9 +32,12 @@ from modelrollout.api.models import (
     MetricResult,
     ModelRolloutSpec,
     ModelRolloutStatus,
+    Phase,
+    SecretKeyRef,
     Verdict,
     WebhookSpec,
     WebhookType,
+    parse_duration,
 )
 from modelrollout.engine.types import (
     Action,
@@ -54,9 +57,10 @@ from modelrollout.engine.types import (
 from modelrollout.kube.client import KubeClient, SecretNotFound
 from modelrollout.kube.workloads import slot_name, slot_state
 from modelrollout.metrics import analysis as metric_analysis
-from modelrollout.metrics.providers import ProviderFactory
+from modelrollout.metrics.prometheus import PrometheusProviderFactory
 from modelrollout.routing import make_router
 from modelrollout.routing.base import DesiredRoutes, RoutingError, TrafficRouter
+from modelrollout.routing.replicas import split_replicas
 
 log = structlog.get_logger("modelrollout.reconciler")
 
@@ -73,12 +77,19 @@ class OperatorConfig:
 @dataclass
 class Reconciler:
     kube: KubeClient
-    providers: ProviderFactory
+    providers: PrometheusProviderFactory
     post_event: EventSink
     config: OperatorConfig = field(default_factory=OperatorConfig)
     notifier: Callable[[dict[str, Any], ModelRolloutSpec, Notify], Awaitable[None]] | None = None
-    gate_caller: Callable[[dict[str, Any], ModelRolloutSpec, WebhookSpec, ModelRolloutStatus], Awaitable[GateResult]] | None = None
-    on_decision: Callable[[dict[str, Any], Decision, float], None] | None = None
+    gate_caller: (
+        Callable[
+            [dict[str, Any], ModelRolloutSpec, WebhookSpec, ModelRolloutStatus],
+            Awaitable[GateResult],
+        ]
+        | None
+    ) = None
+    on_decision: Callable[[dict[str, Any], Observation, Decision, float], None] | None = None
+    register_secret: Callable[[str], None] | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision | None:
@@ -88,13 +99,13 @@ class Reconciler:
         status = _parse_status(body.get("status"))
         generation = int(meta.get("generation") or 0)
 
+        problems = [str(p) for p in validation.validate(body)]
         try:
             spec = ModelRolloutSpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:
-            await self._hold_invalid(body, status, validation.format_errors(exc), generation, now)
+        except ValidationError:
+            await self._hold_invalid(body, status, problems, generation, now)
             return None
 
-        problems = validation.validate(spec)
         router: TrafficRouter | None = None
         routing_error: str | None = None
         route: RouteState | None = None
@@ -133,7 +144,7 @@ class Reconciler:
         decision = engine.decide(spec, status, observation, now)
         await self._apply(body, spec, status, decision, router)
         if self.on_decision is not None:
-            self.on_decision(body, decision, time.perf_counter() - started)
+            self.on_decision(body, observation, decision, time.perf_counter() - started)
         return decision
 
     # ----------------------------------------------------------------- apply
@@ -151,44 +162,65 @@ class Reconciler:
         first: list[Action] = []
         rest: list[Action] = []
         for action in decision.actions:
-            towards_stable = isinstance(action, SetTraffic) and action.candidate_weight == 0 and action.mirror == 0
+            towards_stable = (
+                isinstance(action, SetTraffic)
+                and action.candidate_weight == 0
+                and action.mirror == 0
+            )
             (first if towards_stable else rest).append(action)
 
         for action in first:
-            await self._do(body, spec, action, router)
+            await self._do(body, spec, decision.status, action, router)
         new_status = decision.status.model_dump(mode="json", by_alias=True)
         if new_status != before.model_dump(mode="json", by_alias=True):
             await self.kube.patch_status(namespace, name, new_status)
         for action in rest:
-            await self._do(body, spec, action, router)
+            await self._do(body, spec, decision.status, action, router)
 
     async def _do(
-        self, body: dict[str, Any], spec: ModelRolloutSpec, action: Action, router: TrafficRouter | None
+        self,
+        body: dict[str, Any],
+        spec: ModelRolloutSpec,
+        status: ModelRolloutStatus,
+        action: Action,
+        router: TrafficRouter | None,
     ) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        replica_routing = spec.traffic_routing.replicas is not None
         if isinstance(action, SetTraffic):
             if router is None:
+                return
+            if replica_routing and action.candidate_weight == 0 and status.phase in _WARMING:
+                # Replica ratio: the candidate's replica count *is* its traffic; while it warms up
+                # it keeps the one pod EnsureSlot gave it (documented: no traffic-free warm-up
+                # without a mesh).
                 return
             await router.apply(
                 DesiredRoutes(
                     stable_service=slot_name(name, action.stable_slot),
-                    candidate_service=slot_name(name, action.candidate_slot) if action.candidate_slot else None,
+                    candidate_service=slot_name(name, action.candidate_slot)
+                    if action.candidate_slot
+                    else None,
                     candidate_weight=action.candidate_weight,
                     mirror=action.mirror,
                 )
             )
         elif isinstance(action, EnsureSlot):
-            await self.kube.ensure_slot(body, spec, action.slot, action.model, action.replicas)
+            replicas = action.replicas
+            if replica_routing:
+                replicas = replica_ratio_count(spec, status, action.slot, replicas)
+            await self.kube.ensure_slot(body, spec, action.slot, action.model, replicas)
         elif isinstance(action, ScaleSlot):
             await self.kube.scale_slot(namespace, name, action.slot, action.replicas)
         elif isinstance(action, EmitEvent):
             self.post_event(body, action.type, action.reason, action.message)
-        elif isinstance(action, Notify):
-            if self.notifier is not None and spec.webhooks:
-                self._spawn(self.notifier(body, spec, action))
+        elif isinstance(action, Notify) and self.notifier is not None and spec.webhooks:
+            # The notification speaks of the state just decided, not the one observed.
+            current = {**body, "status": status.model_dump(mode="json", by_alias=True)}
+            self.spawn(self.notifier(current, spec, action))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
             try:
                 await coro
@@ -210,8 +242,14 @@ class Reconciler:
         checks: list[Any],
         now: datetime,
     ) -> list[MetricResult]:
+        async def read_secret(ref: SecretKeyRef) -> str:
+            value = await self.kube.read_secret_key(namespace, ref.name, ref.key)
+            if self.register_secret is not None:
+                self.register_secret(value)
+            return value
+
         try:
-            provider = await self.providers.for_spec(namespace, spec.analysis.prometheus, self.config.prometheus_url)
+            provider = await self.providers.provider_for(spec.analysis.prometheus, read_secret)
         except (SecretNotFound, ValueError) as exc:
             return [
                 MetricResult(name=c.name, verdict=Verdict.ERROR, message=str(exc), measured_at=now)
@@ -226,17 +264,25 @@ class Reconciler:
             candidate_service=slot_name(name, candidate_slot),
             stage=status.stage.name if status.stage else "",
             version=status.candidate.version if status.candidate else spec.model.version,
-            interval=spec.analysis.interval,
+            interval=parse_duration(spec.analysis.interval),
         )
         return await metric_analysis.run_checks(
             checks, ctx, provider, now, status.stage.ready_at if status.stage else None
         )
 
     async def _call_gate(
-        self, body: dict[str, Any], spec: ModelRolloutSpec, gate: WebhookSpec, status: ModelRolloutStatus
+        self,
+        body: dict[str, Any],
+        spec: ModelRolloutSpec,
+        gate: WebhookSpec,
+        status: ModelRolloutStatus,
     ) -> GateResult:
         if self.gate_caller is None:
-            return GateResult.OPEN if gate.type is not WebhookType.CONFIRM_PROMOTION else GateResult.CLOSED
+            return (
+                GateResult.OPEN
+                if gate.type is not WebhookType.CONFIRM_PROMOTION
+                else GateResult.CLOSED
+            )
         return await self.gate_caller(body, spec, gate, status)
 
     # --------------------------------------------------------------- invalid
@@ -252,10 +298,33 @@ class Reconciler:
         """A spec that does not even parse: record why, touch nothing else."""
         new = engine.invalid_spec_status(status, problems, generation, now)
         meta = body["metadata"]
-        if new.model_dump(mode="json", by_alias=True) != status.model_dump(mode="json", by_alias=True):
-            await self.kube.patch_status(meta["namespace"], meta["name"], new.model_dump(mode="json", by_alias=True))
+        if new.model_dump(mode="json", by_alias=True) != status.model_dump(
+            mode="json", by_alias=True
+        ):
+            await self.kube.patch_status(
+                meta["namespace"], meta["name"], new.model_dump(mode="json", by_alias=True)
+            )
             if new.message != status.message:
                 self.post_event(body, "Warning", "InvalidSpec", new.message)
+
+
+_WARMING = frozenset({Phase.PROGRESSING, Phase.PAUSED})
+
+
+def replica_ratio_count(
+    spec: ModelRolloutSpec, status: ModelRolloutStatus, slot: Slot, asked: int
+) -> int:
+    """Replicas of ``slot`` under replica-ratio routing, consistent with what the router scales to.
+
+    While a candidate exists the two slots split ``spec.replicas`` by the weight in force
+    (:func:`~modelrollout.routing.replicas.split_replicas`); a warming candidate gets one pod.
+    """
+    if status.phase not in _WARMING or status.candidate is None or asked == 0:
+        return asked
+    stable_n, candidate_n = split_replicas(spec.replicas, status.weights.candidate)
+    if slot == status.stable_slot:
+        return stable_n
+    return max(1, candidate_n)
 
 
 def _parse_status(raw: dict[str, Any] | None) -> ModelRolloutStatus:
@@ -267,11 +336,13 @@ def _parse_status(raw: dict[str, Any] | None) -> ModelRolloutStatus:
 
 
 def parse_command(annotations: dict[str, str]) -> Command | None:
-    """``modelrollout.dev/command: <verb>[:<id>]``; unknown verbs are ignored (and reported by the engine)."""
+    """``modelrollout.dev/command: <verb>[:<id>]``; the whole value is the command's id.
+
+    Unknown verbs are ignored."""
     raw = (annotations.get(ANNOTATION_COMMAND) or "").strip()
     if not raw:
         return None
-    verb, _, command_id = raw.partition(":")
+    verb = raw.partition(":")[0]
     try:
         parsed = CommandVerb(verb.strip().lower())
     except ValueError:

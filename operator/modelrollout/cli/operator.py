@@ -25,21 +25,47 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator")
     scope = run.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)")
-    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
-    run.add_argument("--selector", action="append", default=[], metavar="KEY=VALUE",
-                     help="only handle ModelRollouts with this label (repeatable; for sharding)")
-    run.add_argument("--prometheus-url", default=os.environ.get("MODELROLLOUT_PROMETHEUS_URL"),
-                     help="default Prometheus address for rollouts that name none")
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable)",
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
+    )
+    run.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only handle ModelRollouts with this label (repeatable; for sharding)",
+    )
+    run.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("MODELROLLOUT_PROMETHEUS_URL"),
+        help="default Prometheus address for rollouts that name none",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="auto", choices=["json", "console", "auto"])
-    run.add_argument("--metrics-port", type=int, default=8081, help="port for /metrics and /healthz (0 = off)")
+    run.add_argument(
+        "--metrics-port", type=int, default=8081, help="port for /metrics and /healthz (0 = off)"
+    )
     run.add_argument("--metrics-host", default="0.0.0.0")
     peering = run.add_mutually_exclusive_group()
-    peering.add_argument("--peering", metavar="NAME", help="kopf peering name: one active replica, the others standby")
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="kopf peering name: one active replica, the others standby",
+    )
     peering.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
-    run.add_argument("--priority", type=int, default=None,
-                     help="peering priority; the highest live one is active (default: random)")
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; the highest live one is active (default: random)",
+    )
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--history-limit", type=int, default=100, help="audit entries kept in status")
     return parser
@@ -58,12 +84,18 @@ def _selectors(raw: Sequence[str]) -> dict[str, str]:
 def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
     configuration = k8s.Configuration()
     if kubeconfig:
-        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
     else:
         try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config(client_configuration=configuration)
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
     configuration.connection_pool_maxsize = 32
     return k8s.ApiClient(configuration)
 
@@ -76,8 +108,28 @@ def run(args: argparse.Namespace) -> None:
         os.environ["KUBECONFIG"] = args.kubeconfig
     observability.configure_logging(args.log_level, args.log_format)
     api_client = _api_client(args.kubeconfig)
-    memo = build_memo(api_client, prometheus_url=args.prometheus_url, history_limit=args.history_limit)
+    memo = build_memo(
+        api_client, prometheus_url=args.prometheus_url, history_limit=args.history_limit
+    )
     selectors = _selectors(args.selector)
+    namespaces = list(args.namespace)
+
+    @kopf.on.login()
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """kopf talks to the apiserver with exactly the identity our own client uses."""
+        cfg = api_client.configuration
+        token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+        if token and token.lower().startswith("bearer "):
+            token = token[7:]
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            default_namespace=namespaces[0] if namespaces else None,
+        )
 
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -96,12 +148,13 @@ def run(args: argparse.Namespace) -> None:
             settings.peering.name = args.peering
             settings.peering.mandatory = True
             # kopf pauses every peer when priorities tie, so each replica needs its own.
-            settings.peering.priority = args.priority if args.priority is not None else random.randint(1, 2**31)
+            settings.peering.priority = (
+                args.priority if args.priority is not None else random.randint(1, 2**31)
+            )
         if args.metrics_port:
             observability.start_metrics_server(args.metrics_port, args.metrics_host)
 
     assert handlers  # registrations happen at import
-    namespaces = list(args.namespace)
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,

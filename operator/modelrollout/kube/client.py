@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -71,13 +71,18 @@ class KubeClient:
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         def call() -> str:
             try:
-                secret = _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+                secret = _json(
+                    self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+                )
             except ApiException as exc:
                 if exc.status == 404:
-                    raise SecretNotFound(f'Secret "{name}" not found in namespace "{namespace}"') from exc
+                    raise SecretNotFound(
+                        f'Secret "{name}" not found in namespace "{namespace}"'
+                    ) from exc
                 if exc.status == 403:
                     raise SecretNotFound(
-                        f'Secret "{name}" in namespace "{namespace}" is not readable by the operator'
+                        f'Secret "{name}" in namespace "{namespace}" is not readable '
+                        "by the operator"
                     ) from exc
                 raise
             data = secret.get("data") or {}
@@ -90,9 +95,14 @@ class KubeClient:
     # ----------------------------------------------------------------- writes
 
     async def ensure_slot(
-        self, owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot, model: ModelRef, replicas: int
+        self,
+        owner: dict[str, Any],
+        spec: ModelRolloutSpec,
+        slot: Slot,
+        model: ModelRef,
+        replicas: int,
     ) -> bool:
-        """Create or update the slot's Service and Deployment. Returns True when anything was written.
+        """Create or update the slot's Service and Deployment; True when anything was written.
 
         A Deployment already running ``model`` only has its replica count adjusted: its pod template
         is never rewritten, so a role switch or a spec edit does not restart model servers.
@@ -104,9 +114,11 @@ class KubeClient:
         wanted = build_deployment(owner, spec, slot, model, replicas)
 
         def create() -> None:
-            self.apps.create_namespaced_deployment(namespace, wanted, _preload_content=False)
+            self.apps.create_namespaced_deployment(
+                namespace, cast(Any, wanted), _preload_content=False
+            )
 
-        def patch(body: dict[str, Any]) -> None:
+        def patch(body: Any) -> None:
             self.apps.patch_namespaced_deployment(name, namespace, body, _preload_content=False)
 
         if current is None:
@@ -117,7 +129,11 @@ class KubeClient:
             await asyncio.to_thread(
                 patch,
                 [
-                    {"op": "replace", "path": "/spec/template", "value": wanted["spec"]["template"]},
+                    {
+                        "op": "replace",
+                        "path": "/spec/template",
+                        "value": wanted["spec"]["template"],
+                    },
                     {"op": "replace", "path": "/spec/replicas", "value": replicas},
                 ],
             )
@@ -127,30 +143,44 @@ class KubeClient:
             return True
         return wrote
 
-    async def _ensure_service(self, owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot) -> bool:
+    async def _ensure_service(
+        self, owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot
+    ) -> bool:
         namespace = owner["metadata"]["namespace"]
         wanted = build_service(owner, spec, slot)
         name = wanted["metadata"]["name"]
 
         def call() -> bool:
             try:
-                current = _json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
+                current = _json(
+                    self.core.read_namespaced_service(name, namespace, _preload_content=False)
+                )
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-                self.core.create_namespaced_service(namespace, wanted, _preload_content=False)
+                self.core.create_namespaced_service(
+                    namespace, cast(Any, wanted), _preload_content=False
+                )
                 return True
             cur_spec = current.get("spec") or {}
             ports = [
                 {k: p.get(k) for k in ("name", "port", "targetPort", "protocol")}
                 for p in cur_spec.get("ports") or []
             ]
-            if cur_spec.get("selector") == wanted["spec"]["selector"] and ports == wanted["spec"]["ports"]:
+            if (
+                cur_spec.get("selector") == wanted["spec"]["selector"]
+                and ports == wanted["spec"]["ports"]
+            ):
                 return False
             self.core.patch_namespaced_service(
                 name,
                 namespace,
-                {"spec": {"selector": wanted["spec"]["selector"], "ports": wanted["spec"]["ports"]}},
+                {
+                    "spec": {
+                        "selector": wanted["spec"]["selector"],
+                        "ports": wanted["spec"]["ports"],
+                    }
+                },
                 _preload_content=False,
             )
             return True
