@@ -54,7 +54,13 @@ class SlotState:
 
     @property
     def is_ready(self) -> bool:
-        return self.exists and self.observed_current and self.desired > 0 and self.ready >= self.desired and self.updated >= self.desired
+        return (
+            self.exists
+            and self.observed_current
+            and self.desired > 0
+            and self.ready >= self.desired
+            and self.updated >= self.desired
+        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ class ScaleSlot:
 
 @dataclass(frozen=True)
 class SetTraffic:
-    """Route ``candidate_weight`` percent to the candidate slot and mirror ``mirror`` percent to it."""
+    """Route ``candidate_weight`` percent to the candidate slot, mirror ``mirror`` percent to it."""
 
     stable_slot: Slot
     candidate_slot: Slot | None
@@ -140,5 +146,5 @@ Action = EnsureSlot | ScaleSlot | SetTraffic | EmitEvent | Notify
 class Decision:
     status: ModelRolloutStatus
     actions: list[Action]
-    # When the engine next needs to look (stage end, next analysis, deadline); None = on change only.
+    # When the engine next needs to look (stage end, next analysis, deadline); None = on change.
     requeue_after: timedelta | None = None

@@ -1,0 +1,498 @@
+"""``decide``: one pure step of the rollout state machine.
+
+Read top to bottom, one tick is: hold on an invalid spec or a routing error; handle a new
+manual command; then the flow for the phase (initialise, settled, rolling); then assemble the
+actions (transition actions, the slots that should run, the route if it drifted, scale-downs
+of retired slots), the conditions, the message and the requeue time. See the package
+docstring for the semantics.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from modelrollout import audit
+from modelrollout.api.models import (
+    HistoryEntry,
+    ModelRolloutSpec,
+    ModelRolloutStatus,
+    Phase,
+    WebhookType,
+    Weights,
+)
+from modelrollout.engine import commands, conditions
+from modelrollout.engine import transitions as tr
+from modelrollout.engine.analysis import held, record_gate_round, record_run
+from modelrollout.engine.plan import (
+    ACTIVE,
+    ROLLING,
+    candidate_slot,
+    checks_due,
+    desired_slots,
+    desired_traffic,
+    entry_gate_types,
+    gates_due,
+    gates_of,
+    is_last,
+    model_ref,
+    next_analysis_at,
+    next_gate_call_at,
+    ready_with,
+    route_agrees,
+    serving,
+    stage_complete,
+    stage_end,
+)
+from modelrollout.engine.tick import Tick
+from modelrollout.engine.timing import (
+    HOLD_RETRY,
+    MIN_REQUEUE,
+    analysis_interval,
+    gate_interval,
+    human,
+    progress_deadline,
+    utc,
+)
+from modelrollout.engine.types import (
+    Action,
+    Decision,
+    EnsureSlot,
+    GateResult,
+    Observation,
+    ScaleSlot,
+    SetTraffic,
+)
+
+TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED})
+MAX_STEPS = 64
+"""More steps than any chain of transitions in one tick can take (a guard, never reached)."""
+
+
+def decide(
+    spec: ModelRolloutSpec,
+    status: ModelRolloutStatus,
+    obs: Observation,
+    now: datetime,
+    *,
+    history_limit: int = audit.DEFAULT_LIMIT,
+) -> Decision:
+    """The new status, the ordered actions to carry it out, and when to look again."""
+    now = utc(now)
+    t = Tick(
+        spec=spec,
+        obs=obs,
+        now=now,
+        before=status,
+        status=status.model_copy(deep=True),
+        history_limit=history_limit,
+    )
+    t.status.observed_generation = obs.generation
+    if obs.validation_errors:
+        _hold(t, "InvalidSpec", "invalid spec: " + "; ".join(obs.validation_errors))
+    elif obs.routing_error:
+        _hold(t, "RoutingError", f"routing error: {obs.routing_error}")
+    else:
+        _run_to_fixed_point(t)
+    return _finish(t)
+
+
+def invalid_spec_status(
+    status: ModelRolloutStatus,
+    problems: list[str],
+    generation: int,
+    now: datetime,
+    *,
+    history_limit: int = audit.DEFAULT_LIMIT,
+) -> ModelRolloutStatus:
+    """For a spec that does not even parse: the held status (conditions, message, audit entry
+    when the problem changed); everything else is kept so fixing the spec resumes."""
+    now = utc(now)
+    st = status.model_copy(deep=True)
+    st.observed_generation = generation
+    text = "invalid spec: " + "; ".join(problems)
+    if _hold_changed(status, "InvalidSpec", text):
+        entry = HistoryEntry.model_validate(
+            {
+                "time": now,
+                "event": "InvalidSpec",
+                "reason": text,
+                "model": st.candidate or st.stable,
+                "stable_version": st.stable_version,
+            }
+        )
+        audit.append(st.history, entry, history_limit)
+    st.message = text
+    for type_, value in (
+        (conditions.READY, False),
+        (conditions.RECONCILING, False),
+        (conditions.STALLED, True),
+    ):
+        conditions.set_condition(st, type_, value, "InvalidSpec", text, now, generation)
+    return st
+
+
+def _run_to_fixed_point(t: Tick) -> None:
+    """Step until a step changes nothing, so one decide does what repeated decides on the same
+    input would do, and deciding again on the result is a no-op (idempotence). Each step only
+    uses the inputs that were due at its start; a consumed input is no longer due after it."""
+    command = t.obs.command
+    for _ in range(MAX_STEPS):
+        start = t.status.model_copy(deep=True)
+        t.step_start = start
+        t.due_checks = checks_due(t.spec, start, t.now)
+        t.due_gates = gates_due(t.spec, start, t.now)
+        t.wakes.clear()
+        if command is not None and command.id != start.last_command:
+            commands.handle(t, command)
+        _step(t)
+        if t.status == start:
+            return
+
+
+# ------------------------------------------------------------------------------ holds
+
+
+def _hold_changed(status: ModelRolloutStatus, reason: str, text: str) -> bool:
+    previous = conditions.find(status, conditions.STALLED)
+    return not (
+        previous is not None
+        and previous.status == "True"
+        and previous.reason == reason
+        and previous.message == text
+    )
+
+
+def _hold(t: Tick, reason: str, text: str) -> None:
+    """No workload or traffic action; state kept; say so once per distinct problem."""
+    t.hold = (reason, text)
+    if _hold_changed(t.before, reason, text):
+        t.record(reason, text, model=t.status.candidate or t.status.stable)
+        t.event("Warning", reason, text)
+
+
+# ------------------------------------------------------------------------------ flows
+
+
+def _step(t: Tick) -> None:
+    st = t.status
+    if st.stable is None:
+        _initialize(t)
+    elif st.phase in ROLLING:
+        _rolling(t)
+    else:
+        _settled(t)
+
+
+def _initialize(t: Tick) -> None:
+    """The first version: slot a, route to it, Succeeded once ready. A missed deadline is
+    Failed but not final: nothing else serves, so slot a keeps running and may still make it."""
+    st, wanted = t.status, model_ref(t.spec.model)
+    if st.candidate != wanted or st.rollout_started_at is None:
+        tr.begin_initialization(t, wanted)
+    if ready_with(t.obs, "a", wanted.version):
+        tr.finish_initialization(t)
+        return
+    if st.phase is Phase.FAILED:
+        return
+    assert st.rollout_started_at is not None
+    deadline = st.rollout_started_at + progress_deadline(t.spec)
+    if t.now > deadline:
+        tr.fail_initialization(
+            t,
+            f"slot a not ready with {wanted.version} within progressDeadline "
+            f"{human(progress_deadline(t.spec))}",
+        )
+        return
+    t.wake_in(MIN_REQUEUE)
+    t.wake_at(deadline)
+
+
+def _settled(t: Tick) -> None:
+    """Succeeded, RolledBack or Failed: start a rollout when spec.model differs."""
+    st, wanted = t.status, model_ref(t.spec.model)
+    if wanted == st.stable:
+        if st.phase in (Phase.ROLLED_BACK, Phase.FAILED):
+            tr.settle_on_stable(t)
+        st.phase = Phase.SUCCEEDED
+        return
+    if st.phase in (Phase.ROLLED_BACK, Phase.FAILED) and wanted == st.candidate:
+        return  # terminal until spec.model changes or a retry command
+    assert st.stable is not None
+    tr.start_rollout(t, wanted, f"spec.model changed from {st.stable.version} to {wanted.version}")
+
+
+def _rolling(t: Tick) -> None:
+    st, spec, wanted = t.status, t.spec, model_ref(t.spec.model)
+    if wanted == st.stable:
+        tr.revert(t)
+        return
+    if wanted != st.candidate:
+        tr.supersede(t, wanted)
+        return
+    _follow_stage_edits(t)
+    if st.phase is Phase.PAUSED:
+        _protect_users(t)
+        if st.paused_by == "spec" and not spec.paused:
+            tr.resume(t, "spec.paused")
+        else:
+            return
+    elif spec.paused:
+        tr.pause(t, "spec", "spec.paused")
+        return
+    _progress(t)
+
+
+def _follow_stage_edits(t: Tick) -> None:
+    """spec.stages was edited mid-rollout: follow the current stage by name; if it is gone,
+    restart at stage 0 (less traffic is the safe direction)."""
+    st, stages = t.status, t.spec.stages
+    stage = st.stage
+    if stage is None:
+        tr.restart_stage(t, 0, "StageEntered", "rollout without a stage; starting at stage 0")
+        return
+    index = next((i for i, s in enumerate(stages) if s.name == stage.name), None)
+    if index is None:
+        tr.restart_stage(
+            t, 0, "StageEntered", f"spec.stages changed: stage {stage.name} was removed"
+        )
+        return
+    wanted = stages[index]
+    stage.index = index
+    if (stage.weight, stage.mirror) != (wanted.weight, wanted.mirror):
+        t.record(
+            "StageUpdated",
+            f"spec.stages changed: {stage.name} weight {stage.weight}->{wanted.weight}%, "
+            f"mirror {stage.mirror}->{wanted.mirror}%",
+            to_stage=stage.name,
+        )
+        stage.weight, stage.mirror = wanted.weight, wanted.mirror
+
+
+def _protect_users(t: Tick) -> None:
+    """A candidate with traffic but no ready replica of its version answers nothing: take the
+    traffic back and wait for readiness again in the same stage."""
+    st = t.status
+    assert st.stage is not None and st.candidate is not None
+    if st.stage.ready_at is None or serving(t.obs, candidate_slot(st), st.candidate.version):
+        return
+    tr.restart_stage(
+        t,
+        st.stage.index,
+        "CandidateUnready",
+        f"candidate {st.candidate.version} has no ready replica; traffic back to stable, "
+        f"waiting for readiness in stage {st.stage.name}",
+    )
+
+
+def _progress(t: Tick) -> None:
+    st, spec = t.status, t.spec
+    assert st.stage is not None and st.candidate is not None
+    ready = ready_with(t.obs, candidate_slot(st), st.candidate.version)
+    if st.stage.ready_at is None:
+        _await_traffic(t, ready)
+        return
+    _protect_users(t)
+    if st.stage.ready_at is None:
+        t.wake_in(MIN_REQUEUE)
+        return
+    if not _absorb_analysis(t):
+        return  # rolled back
+    if held(spec, st.analysis) is not None:
+        t.wake_at(next_analysis_at(spec, st))
+        return
+    if not ready:
+        t.wake_in(MIN_REQUEUE)  # partly ready: keep the traffic, do not move on
+        return
+    if not stage_complete(spec, st, t.now):
+        end = stage_end(spec, st)
+        t.wake_at(end if end is not None and end > t.now else None)
+        t.wake_at(next_analysis_at(spec, st))
+        return
+    index = st.stage.index
+    evidence = _evidence(t)
+    if is_last(spec, index):
+        tr.promote(t, f"last stage {st.stage.name} complete; {evidence}")
+        return
+    if not _gates_open(t, entry_gate_types(spec, index + 1)):
+        return
+    tr.enter_stage(t, index + 1, f"{st.stage.name} complete; {evidence}")
+
+
+def _evidence(t: Tick) -> str:
+    results = t.status.analysis.results
+    if not results:
+        return "no analysis applies; duration elapsed"
+    return (
+        "analysis "
+        + ", ".join(f"{r.name}={r.value:.6g}" if r.value is not None else r.name for r in results)
+        + " Successful"
+    )
+
+
+def _await_traffic(t: Tick, ready: bool) -> None:
+    """Stage without traffic yet: wait for readiness (within the deadline), then the gates."""
+    st, spec = t.status, t.spec
+    stage = st.stage
+    assert stage is not None and stage.started_at is not None
+    if not ready:
+        deadline = stage.started_at + progress_deadline(spec)
+        if t.now > deadline:
+            tr.rollback(
+                t,
+                "ProgressDeadlineExceeded",
+                f"candidate {st.candidate_version} not ready within progressDeadline "
+                f"{spec.progress_deadline}",
+                phase=Phase.FAILED,
+            )
+            return
+        t.wake_in(MIN_REQUEUE)
+        t.wake_at(deadline)
+        return
+    if stage.candidate_ready_at is None:
+        stage.candidate_ready_at = t.now
+    types = entry_gate_types(spec, stage.index)
+    if not _gates_open(t, types):
+        return
+    names = [g.name for g in gates_of(spec, types)]
+    why = "candidate ready" + (f", gates open: {', '.join(names)}" if names else "")
+    tr.set_stage_traffic(t, why)
+
+
+def _gates_open(t: Tick, types: frozenset[WebhookType]) -> bool:
+    """True when no gate of ``types`` is configured or all answered Open this tick. Only answers
+    to calls that were due (see gates_due) count, so repeating a tick counts nothing twice."""
+    st, spec = t.status, t.spec
+    gates = [g for g in spec.webhooks if g.type in types]
+    if not gates:
+        return True
+    stage = st.stage
+    assert stage is not None
+    called = {g.name for g in t.due_gates if g.name in t.obs.gates}
+    if not _same_stage(t) or not all(g.name in called for g in gates):
+        due_at = next_gate_call_at(spec, st)
+        t.wake_at(due_at if due_at and due_at > t.now else t.now + MIN_REQUEUE)
+        return False
+    stage.gates_checked_at = t.now
+    answers = {g.name: t.obs.gates.get(g.name, GateResult.CLOSED) for g in gates}
+    if all(a is GateResult.OPEN for a in answers.values()):
+        return True
+    timed_out = [name for name, a in answers.items() if a is GateResult.TIMEOUT]
+    limit = record_gate_round(spec, st.analysis, timed_out)
+    if limit is not None and limit.rollback:
+        tr.rollback(t, limit.code, limit.message)
+        return False
+    if limit is not None and limit.first_time:
+        t.record("AnalysisHold", limit.message, to_stage=stage.name)
+        t.event("Warning", limit.code, limit.message)
+    t.wake_in(gate_interval(spec))
+    return False
+
+
+def _same_stage(t: Tick) -> bool:
+    """The stage has not been (re)entered since the step started."""
+    before = t.step_start.stage if t.step_start else None
+    now = t.status.stage
+    return (
+        before is not None
+        and now is not None
+        and (before.index, before.started_at, before.ready_at)
+        == (now.index, now.started_at, now.ready_at)
+    )
+
+
+def _absorb_analysis(t: Tick) -> bool:
+    """Fold this tick's analysis run (if one was due and reported). False after a rollback."""
+    st, spec = t.status, t.spec
+    assert st.stage is not None
+    if t.obs.analysis is None or not t.due_checks or not _same_stage(t):
+        return True
+    outcome = record_run(spec, st.analysis, t.due_checks, t.obs.analysis, t.now)
+    limit = outcome.limit
+    if limit is not None and limit.rollback:
+        tr.rollback(t, limit.code, limit.message)
+        return False
+    if outcome.failed:
+        t.record(
+            "AnalysisFailed",
+            f"{'; '.join(r.name for r in outcome.failed)} failed ({st.analysis.failures} of "
+            f"failureLimit {spec.analysis.failure_limit} tolerated)",
+            to_stage=st.stage.name,
+            metrics=outcome.results,
+        )
+        t.event(
+            "Warning",
+            "AnalysisFailed",
+            f"stage {st.stage.name}: " + "; ".join(r.name for r in outcome.failed),
+        )
+    if limit is not None and limit.first_time:
+        t.record("AnalysisHold", limit.message, to_stage=st.stage.name, metrics=outcome.results)
+        t.event("Warning", limit.code, limit.message)
+    return True
+
+
+# ----------------------------------------------------------------------------- finish
+
+
+def _finish(t: Tick) -> Decision:
+    st = t.status
+    if t.hold is not None:
+        actions: list[Action] = list(t.signals)
+    else:
+        actions = _assemble(t) + t.signals
+        traffic = desired_traffic(st)
+        weight = traffic.candidate_weight if traffic.candidate_slot else 0
+        mirror = traffic.mirror if traffic.candidate_slot else 0
+        st.weights = Weights(
+            stable=100 - weight,
+            candidate=weight,
+            mirror=mirror,
+            actual_candidate=st.weights.actual_candidate,
+        )
+    conditions.refresh(t)
+    return Decision(status=st, actions=actions, requeue_after=_requeue(t))
+
+
+def _assemble(t: Tick) -> list[Action]:
+    st, obs = t.status, t.obs
+    effects = list(t.effects)
+    ensured = {a.slot for a in effects if isinstance(a, EnsureSlot)}
+    wanted = desired_slots(t.spec, st)
+    routine: list[Action] = [e for e in wanted if e.slot not in ensured]
+    effects = effects + routine if t.urgent else routine + effects
+
+    desired = desired_traffic(st)
+    sets = [a for a in effects if isinstance(a, SetTraffic)]
+    if (sets and sets[-1] != desired) or (not sets and not route_agrees(obs.route, desired)):
+        effects.append(desired)
+
+    live = {e.slot for e in wanted}
+    scaled = {a.slot for a in effects if isinstance(a, ScaleSlot)}
+    for slot in ("a", "b"):
+        state = obs.slots.get(slot)
+        if (
+            slot not in live
+            and slot not in scaled
+            and state is not None
+            and state.exists
+            and state.desired > 0
+        ):
+            effects.append(ScaleSlot(slot, 0))
+    return effects
+
+
+def _requeue(t: Tick) -> timedelta | None:
+    st, spec = t.status, t.spec
+    interval = analysis_interval(spec)
+    if t.hold is not None:
+        return min(HOLD_RETRY, interval)
+    converged = route_agrees(t.obs.route, desired_traffic(st))
+    if st.phase in TERMINAL and st.stable is not None:
+        return None if converged else MIN_REQUEUE
+    if not converged:
+        return MIN_REQUEUE
+    if st.phase in ACTIVE and st.stage is not None and st.stage.ready_at is not None:
+        t.wake_at(next_analysis_at(spec, st))
+    upcoming = [w - t.now for w in t.wakes]
+    if not upcoming:
+        return None if st.phase in TERMINAL else interval
+    return max(MIN_REQUEUE, min(min(upcoming), interval))

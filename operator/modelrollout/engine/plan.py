@@ -1,0 +1,233 @@
+"""Read-only questions about (spec, status): what is due, what should run, what should be routed.
+
+Everything here is pure and cheap; the reconciler calls :func:`checks_due` and :func:`gates_due`
+before :func:`~modelrollout.engine.machine.decide`, and the engine itself uses the same answers,
+so both sides always agree on what "due" means.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from modelrollout.api.models import (
+    MetricCheck,
+    ModelIdentity,
+    ModelRef,
+    ModelRolloutSpec,
+    ModelRolloutStatus,
+    Phase,
+    Stage,
+    Verdict,
+    WebhookSpec,
+    WebhookType,
+)
+from modelrollout.engine.timing import analysis_interval, gate_interval, stage_duration
+from modelrollout.engine.types import (
+    EnsureSlot,
+    Observation,
+    RouteState,
+    SetTraffic,
+    Slot,
+    SlotState,
+    other_slot,
+)
+
+ROLLING = frozenset({Phase.PROGRESSING, Phase.PROMOTING, Phase.PAUSED})
+"""A candidate is deployed and the rollout is under way (possibly paused)."""
+
+ACTIVE = frozenset({Phase.PROGRESSING, Phase.PROMOTING})
+"""Rolling and not paused: clocks run, analysis and gates are called."""
+
+
+def model_ref(model: ModelIdentity) -> ModelRef:
+    return ModelRef(name=model.name, version=model.version, uri=model.uri, digest=model.digest)
+
+
+def stable_slot(status: ModelRolloutStatus) -> Slot:
+    return status.stable_slot or "a"
+
+
+def candidate_slot(status: ModelRolloutStatus) -> Slot:
+    return other_slot(stable_slot(status))
+
+
+def is_last(spec: ModelRolloutSpec, index: int) -> bool:
+    return index >= len(spec.stages) - 1
+
+
+def current_stage(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> Stage | None:
+    if status.stage is None or not 0 <= status.stage.index < len(spec.stages):
+        return None
+    return spec.stages[status.stage.index]
+
+
+def stage_checks(spec: ModelRolloutSpec, stage_name: str) -> list[MetricCheck]:
+    """The checks that apply to a stage (``stages`` omitted = every stage), in spec order."""
+    return [m for m in spec.analysis.metrics if m.stages is None or stage_name in m.stages]
+
+
+# --------------------------------------------------------------------- analysis and timing
+
+
+def next_analysis_at(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> datetime | None:
+    """When the current stage's checks are next due (None: no checks, or no traffic yet)."""
+    stage = status.stage
+    if stage is None or stage.ready_at is None or not stage_checks(spec, stage.name):
+        return None
+    base = status.analysis.last_run_at or stage.ready_at
+    return base + analysis_interval(spec)
+
+
+def checks_due(
+    spec: ModelRolloutSpec, status: ModelRolloutStatus, now: datetime
+) -> list[MetricCheck]:
+    """The checks to run now: the current stage's, once the candidate has traffic, not paused,
+    one analysis interval after the last run (the first one interval after ``readyAt``)."""
+    if status.phase not in ACTIVE or status.stage is None:
+        return []
+    due_at = next_analysis_at(spec, status)
+    if due_at is None or now < due_at:
+        return []
+    return stage_checks(spec, status.stage.name)
+
+
+def analysis_passed(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> bool:
+    """The stage's analysis allows moving on: no checks apply, or the last run (there was at
+    least one) was entirely Successful. Inconclusive, errored or missing results never pass."""
+    if status.stage is None:
+        return False
+    if not stage_checks(spec, status.stage.name):
+        return True
+    return status.analysis.runs >= 1 and status.analysis.last_verdict is Verdict.SUCCESSFUL
+
+
+def stage_end(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> datetime | None:
+    """When the current stage's duration is over (pause time is excluded by shifting readyAt)."""
+    stage = current_stage(spec, status)
+    if stage is None or status.stage is None or status.stage.ready_at is None:
+        return None
+    return status.stage.ready_at + stage_duration(stage)
+
+
+def stage_complete(spec: ModelRolloutSpec, status: ModelRolloutStatus, now: datetime) -> bool:
+    """Duration elapsed and analysis passed: the stage may be left (gates permitting)."""
+    end = stage_end(spec, status)
+    return end is not None and now >= end and analysis_passed(spec, status)
+
+
+# ------------------------------------------------------------------------------- gates
+
+
+def entry_gate_types(spec: ModelRolloutSpec, index: int) -> frozenset[WebhookType]:
+    """Gates that must be Open before stage ``index`` gets traffic."""
+    types: set[WebhookType] = set()
+    if index == 0:
+        types.add(WebhookType.PRE_ROLLOUT)
+    if is_last(spec, index):
+        types.add(WebhookType.CONFIRM_PROMOTION)
+    return frozenset(types)
+
+
+def gates_of(spec: ModelRolloutSpec, types: frozenset[WebhookType]) -> list[WebhookSpec]:
+    return [w for w in spec.webhooks if w.type in types]
+
+
+def pending_gates(
+    spec: ModelRolloutSpec, status: ModelRolloutStatus, now: datetime
+) -> list[WebhookSpec]:
+    """Gates the rollout is waiting on right now, ignoring how recently they were called.
+
+    * The candidate is ready in a stage that has no traffic yet: the gates to enter that stage
+      (pre-rollout for stage 0, confirm-promotion for the last one).
+    * The stage before the last one is complete: the confirm-promotion gates.
+    """
+    stage = status.stage
+    if status.phase not in ACTIVE or stage is None:
+        return []
+    if stage.ready_at is None:
+        if stage.candidate_ready_at is None:
+            return []
+        return gates_of(spec, entry_gate_types(spec, stage.index))
+    if stage.index == len(spec.stages) - 2 and stage_complete(spec, status, now):
+        return gates_of(spec, entry_gate_types(spec, stage.index + 1))
+    return []
+
+
+def next_gate_call_at(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> datetime | None:
+    if status.stage is None or status.stage.gates_checked_at is None:
+        return None
+    return status.stage.gates_checked_at + gate_interval(spec)
+
+
+def gates_due(
+    spec: ModelRolloutSpec, status: ModelRolloutStatus, now: datetime
+) -> list[WebhookSpec]:
+    """The gate webhooks to call now: :func:`pending_gates`, at most once per gate interval."""
+    gates = pending_gates(spec, status, now)
+    due_at = next_gate_call_at(spec, status)
+    if not gates or (due_at is not None and now < due_at):
+        return []
+    return gates
+
+
+# ------------------------------------------------------------------- desired world
+
+
+def desired_traffic(status: ModelRolloutStatus) -> SetTraffic:
+    """What the route should say in this state. The candidate is only named when it gets
+    traffic or mirror, so a route never points at a candidate that is not ready."""
+    stable = stable_slot(status)
+    stage = status.stage
+    has_traffic = status.phase in ROLLING and stage is not None and stage.ready_at is not None
+    if has_traffic and stage is not None and (stage.weight or stage.mirror):
+        return SetTraffic(stable, candidate_slot(status), stage.weight, stage.mirror)
+    return SetTraffic(stable, None, 0, 0)
+
+
+def desired_slots(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> list[EnsureSlot]:
+    """The slots that should run, with what. Stable always; the candidate while rolling; the
+    model being initialised (kept in ``candidate``) in slot a before there is any stable."""
+    if status.stable is None:
+        if status.candidate is None:
+            return []
+        return [EnsureSlot(stable_slot(status), status.candidate, spec.replicas)]
+    slots = [EnsureSlot(stable_slot(status), status.stable, spec.replicas)]
+    if status.phase in ROLLING and status.candidate is not None:
+        slots.append(EnsureSlot(candidate_slot(status), status.candidate, spec.replicas))
+    return slots
+
+
+def route_agrees(route: RouteState | None, desired: SetTraffic) -> bool:
+    """The route read back serves ``desired`` (an unread route never agrees)."""
+    if route is None or not route.found:
+        return False
+    weight = desired.candidate_weight if desired.candidate_slot else 0
+    mirror = desired.mirror if desired.candidate_slot else 0
+    return (
+        route.candidate_weight == weight
+        and route.stable_weight == 100 - weight
+        and route.mirror == mirror
+    )
+
+
+# ------------------------------------------------------------------------ readiness
+
+
+def slot_of(obs: Observation, slot: Slot) -> SlotState:
+    return obs.slots.get(slot) or SlotState()
+
+
+def runs_version(state: SlotState, version: str) -> bool:
+    return state.exists and state.version == version
+
+
+def ready_with(obs: Observation, slot: Slot, version: str) -> bool:
+    """Every replica of the slot is ready and runs ``version``."""
+    state = slot_of(obs, slot)
+    return state.is_ready and runs_version(state, version)
+
+
+def serving(obs: Observation, slot: Slot, version: str) -> bool:
+    """At least one ready replica runs ``version``: traffic sent there is answered."""
+    state = slot_of(obs, slot)
+    return runs_version(state, version) and state.ready > 0

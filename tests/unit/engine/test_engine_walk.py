@@ -1,0 +1,196 @@
+"""Whole rollouts against a fake world: decide, carry out the actions, move the clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from engine_world import T0, V1, V2, World, make_spec, restart, step
+
+from modelrollout.api.models import ModelRolloutSpec, ModelRolloutStatus, Phase, Verdict
+from modelrollout.audit import verify
+from modelrollout.engine.types import Action, EnsureSlot, ScaleSlot, SetTraffic
+
+STAGE_ORDER = ["shadow", "canary-5", "canary-25", "full"]
+MAX_TICKS = 2000
+
+
+def settle(
+    world: World, spec: ModelRolloutSpec, status: ModelRolloutStatus, **kw: Any
+) -> ModelRolloutStatus:
+    """Run ticks until the engine has nothing left to look at."""
+    for _ in range(MAX_TICKS):
+        decision = step(world, spec, status, **kw)
+        status = decision.status
+        if decision.requeue_after is None:
+            return status
+    raise AssertionError(f"no settled state after {MAX_TICKS} ticks: {status.message}")
+
+
+def initialized(world: World) -> ModelRolloutStatus:
+    status = settle(world, make_spec("1.0.0"), ModelRolloutStatus())
+    assert (status.phase, status.stable, status.stable_slot) == (Phase.SUCCEEDED, V1, "a")
+    assert [e.event for e in status.history] == ["Initialized"]
+    return status
+
+
+def stages_entered(status: ModelRolloutStatus) -> list[str]:
+    return [e.to_stage or "" for e in status.history if e.event == "StageEntered"]
+
+
+class CheckingWorld(World):
+    """A World that also checks, when a route gives a slot traffic, that the slot is ready."""
+
+    violations: list[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.violations = []
+        self.configured: dict[str, int] = {"a": 0, "b": 0}
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SetTraffic) and action.candidate_slot is not None:
+                state = self.slot_state(action.candidate_slot)
+                if (action.candidate_weight or action.mirror) and not state.is_ready:
+                    self.violations.append(f"{self.now}: {action} while {state}")
+            if isinstance(action, EnsureSlot):
+                current = self.slots[action.slot]
+                if current.version != action.model.version:
+                    self.configured[action.slot] += 1
+        super().apply(actions)
+
+
+def test_first_version_then_full_rollout_to_promotion() -> None:
+    world = CheckingWorld()
+    status = initialized(world)
+    spec = make_spec("2.0.0")
+
+    started = world.now
+    status = settle(world, spec, status)
+
+    assert status.phase is Phase.SUCCEEDED
+    assert (status.stable, status.stable_slot, status.candidate) == (V2, "b", None)
+    assert stages_entered(status) == STAGE_ORDER  # no skip, no repeat
+    events = [e.event for e in status.history]
+    assert events.count("Promoted") == 1 and "RolledBack" not in events
+    assert verify(status.history) == []
+    # Each stage lasted at least its duration, counted from the moment it had traffic.
+    entered = {e.to_stage: e.time for e in status.history if e.event == "StageEntered"}
+    ready = next(e.time for e in status.history if e.event == "CandidateReady")
+    assert entered["canary-5"] - ready >= timedelta(minutes=10)
+    assert entered["canary-25"] - entered["canary-5"] >= timedelta(minutes=10)
+    assert entered["full"] - entered["canary-25"] >= timedelta(minutes=20)
+    promoted = next(e for e in status.history if e.event == "Promoted")
+    assert promoted.metrics and all(m.verdict is Verdict.SUCCESSFUL for m in promoted.metrics)
+    assert promoted.time - started < timedelta(minutes=45)
+    # The world ends as the status says: slot b serves everything, slot a is scaled down,
+    # and slot b was configured with 2.0.0 once (promotion restarted no pod).
+    assert world.route_slots == ("b", None) and world.route is not None
+    assert world.route.stable_weight == 100
+    assert world.slots["a"].replicas == 0 and world.slots["b"].version == "2.0.0"
+    assert world.configured["b"] == 1
+    assert world.violations == []  # no traffic to a slot that was not ready
+
+
+def test_rollback_walk_stops_at_the_breach() -> None:
+    world = CheckingWorld()
+    status = initialized(world)
+    spec = make_spec("2.0.0")
+
+    while not (status.stage and status.stage.name == "canary-25" and status.stage.ready_at):
+        status = step(world, spec, status).status
+        assert world.now - T0 < timedelta(hours=2)
+    status = settle(world, spec, status, verdict=Verdict.FAILED)
+
+    assert status.phase is Phase.ROLLED_BACK
+    assert stages_entered(status) == STAGE_ORDER[:3]
+    assert "error-rate" in (status.rollback_reason or "")
+    assert (status.stable, status.stable_slot) == (V1, "a")
+    assert world.route_slots == ("a", None) and world.route is not None
+    assert (world.route.stable_weight, world.route.mirror) == (100, 0)
+    assert world.slots["b"].replicas == 0 and world.slots["a"].replicas == 2
+    # Traffic left the candidate before it was scaled down.
+    log = world.log
+    at_25 = max(i for i, a in enumerate(log) if a == SetTraffic("a", "b", 25, 0))
+    to_stable = log.index(SetTraffic("a", None, 0, 0), at_25)
+    scaled = log.index(ScaleSlot("b", 0), at_25)
+    assert at_25 < to_stable < scaled
+    assert verify(status.history) == []
+    assert world.violations == []  # no traffic to a slot that was not ready
+
+    # Terminal: more ticks change nothing.
+    again = step(world, spec, status)
+    assert again.status.history == status.history and again.requeue_after is None
+
+
+def test_restart_mid_stage_continues_the_same_stage() -> None:
+    """An operator restart re-reads the status from its JSON: the rollout neither repeats nor
+    skips a stage, and the audit chain still verifies."""
+    world = CheckingWorld()
+    status = initialized(world)
+    spec = make_spec("2.0.0")
+
+    def three_minutes_into_canary5(s: ModelRolloutStatus) -> bool:
+        stage = s.stage
+        if stage is None or stage.name != "canary-5" or stage.ready_at is None:
+            return False
+        return world.now - stage.ready_at > timedelta(minutes=3)
+
+    while not three_minutes_into_canary5(status):
+        status = step(world, spec, status).status
+    before = status
+    status = restart(status)
+    assert status == before
+
+    decision = step(world, spec, status)
+    assert decision.status.stage is not None and decision.status.stage.name == "canary-5"
+    assert decision.status.stage.ready_at == before.stage.ready_at  # type: ignore[union-attr]
+    assert decision.status.history == before.history
+
+    status = settle(world, spec, decision.status)
+    assert stages_entered(status) == STAGE_ORDER
+    assert status.phase is Phase.SUCCEEDED and verify(status.history) == []
+
+
+def test_restart_at_every_tick_changes_nothing() -> None:
+    """The whole rollout with the status round-tripped through JSON at every tick gives the
+    same audit trail, entry for entry (times, hashes), as without."""
+
+    def run(round_trip: bool) -> ModelRolloutStatus:
+        world = World()
+        status = ModelRolloutStatus()
+        for spec in (make_spec("1.0.0"), make_spec("2.0.0")):
+            for _ in range(MAX_TICKS):
+                decision = step(world, spec, restart(status) if round_trip else status)
+                status = decision.status
+                if decision.requeue_after is None:
+                    break
+        return status
+
+    plain, restarted = run(False), run(True)
+    assert plain.phase is Phase.SUCCEEDED
+    assert [e.hash for e in restarted.history] == [e.hash for e in plain.history]
+
+
+def test_paused_walk_takes_longer_by_the_pause() -> None:
+    world = CheckingWorld()
+    status = initialized(world)
+    spec = make_spec("2.0.0")
+    paused = make_spec("2.0.0", paused=True)
+
+    while not (status.stage and status.stage.name == "canary-5"):
+        status = step(world, spec, status).status
+    entered = world.now
+    pause_started = world.now + timedelta(minutes=2)
+    while world.now < pause_started:
+        status = step(world, spec, status).status
+    for _ in range(30):  # 30 minutes paused: a paused rollout looks once per interval
+        status = step(world, paused, status).status
+        assert status.phase is Phase.PAUSED and status.stage.name == "canary-5"  # type: ignore[union-attr]
+    status = settle(world, spec, status)
+
+    canary25 = next(e.time for e in status.history if e.to_stage == "canary-25")
+    assert canary25 - entered >= timedelta(minutes=10 + 29)
+    assert stages_entered(status) == STAGE_ORDER and status.phase is Phase.SUCCEEDED
+    assert world.violations == []  # no traffic to a slot that was not ready
