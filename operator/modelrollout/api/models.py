@@ -8,7 +8,8 @@ forbids unknown fields so a typo is an error, not a silent default.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import math
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
 
@@ -45,11 +47,14 @@ def _check_duration(value: str) -> str:
 
 Duration = Annotated[
     str,
-    AfterValidator(_check_duration),
+    # Constraints before the validator: pydantic drops the pattern from the JSON schema (and so
+    # from the CRD) when a Field follows an AfterValidator.
     Field(
+        max_length=64,
         pattern=r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$",
         json_schema_extra={"x-duration": True},
     ),
+    AfterValidator(_check_duration),
 ]
 """A Go-style duration string (``30s``, ``5m``, ``1h30m``) as Kubernetes users write it."""
 
@@ -60,11 +65,38 @@ def parse_duration(value: str) -> timedelta:
     return result
 
 
+def _rfc3339(value: datetime) -> str:
+    """UTC with a trailing Z; a naive datetime is taken to be UTC already."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 Time = Annotated[
     datetime,
-    PlainSerializer(lambda v: v.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if v else None, return_type=str),
+    PlainSerializer(_rfc3339, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 """An RFC 3339 timestamp in UTC, serialised with a trailing Z."""
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+Measurement = Annotated[float | None, AfterValidator(_finite_or_none)]
+"""A measured value; NaN and infinities (no data, division by zero) become None, since JSON
+cannot carry them and a status patch containing them would be refused."""
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# A list of named items is a map keyed by name for the apiserver: duplicates are refused and
+# server-side apply merges items by name.
+_LIST_MAP_BY_NAME: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+}
+StageName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
 
 
 class _Wire(BaseModel):
@@ -81,9 +113,7 @@ class _Wire(BaseModel):
 class _StatusWire(_Wire):
     """Status objects tolerate fields written by newer operator versions."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore"
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
 # --------------------------------------------------------------------------- spec
@@ -109,20 +139,34 @@ class ModelIdentity(_Wire):
     uri: str = Field(
         min_length=1,
         max_length=2048,
-        description="Where the model server loads the model from (env MODEL_URI), e.g. s3://models/fraud/2.4.0.",
+        description=(
+            "Where the model server loads the model from (env MODEL_URI), e.g. "
+            "s3://models/fraud/2.4.0."
+        ),
     )
     digest: str | None = Field(
         default=None,
+        max_length=160,
         pattern=r"^[a-z0-9]+:[A-Fa-f0-9]{16,128}$",
-        description="Optional content digest of the model artefact (e.g. sha256:...), env MODEL_DIGEST; recorded for audit.",
+        description=(
+            "Optional content digest of the model artefact (e.g. sha256:...), env MODEL_DIGEST; "
+            "recorded for audit."
+        ),
     )
 
 
 class ServiceSpec(_Wire):
     """The port the model server listens on; one Service per slot exposes it."""
 
-    port: int = Field(default=8080, ge=1, le=65535, description="Service port, also the container port when targetPort is unset.")
-    target_port: int | None = Field(default=None, ge=1, le=65535, description="Container port, when it differs from port.")
+    port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Service port, also the container port when targetPort is unset.",
+    )
+    target_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Container port, when it differs from port."
+    )
 
 
 class GatewayAPIRouting(_Wire):
@@ -139,8 +183,9 @@ class GatewayAPIRouting(_Wire):
         ge=0,
         le=15,
         description=(
-            "Index of the rule in spec.rules whose backendRefs and RequestMirror filter the operator "
-            "manages. Every other rule, match, filter, hostname and parentRef is left untouched."
+            "Index of the rule in spec.rules whose backendRefs and RequestMirror filter the "
+            "operator manages. Every other rule, match, filter, hostname and parentRef is left "
+            "untouched."
         ),
     )
 
@@ -171,7 +216,9 @@ class ReplicaRatioRouting(_Wire):
 
 
 class TrafficRouting(_Wire):
-    """Exactly one traffic router."""
+    """How traffic reaches stable and candidate: set exactly one of gatewayAPI, istio, replicas."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
     gateway_api: GatewayAPIRouting | None = Field(
         default=None, alias="gatewayAPI", description="Use a Gateway API HTTPRoute."
@@ -179,7 +226,9 @@ class TrafficRouting(_Wire):
     istio: IstioRouting | None = Field(default=None, description="Use an Istio VirtualService.")
     replicas: ReplicaRatioRouting | None = Field(
         default=None,
-        description="No mesh: weights approximated by replica ratio behind one Service; no shadow stage.",
+        description=(
+            "No mesh: weights approximated by replica ratio behind one Service; no shadow stage."
+        ),
     )
 
     @property
@@ -197,14 +246,20 @@ class Stage(_Wire):
     name: str = Field(
         min_length=1,
         max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Stage name (DNS label), unique within the rollout; metrics select stages by it.",
+        pattern=DNS_LABEL_PATTERN,
+        description=(
+            "Stage name (DNS label), unique within the rollout; metrics select stages by it."
+        ),
     )
     weight: int = Field(
         default=0,
         ge=0,
         le=100,
-        description="Percent of live traffic served by the candidate during this stage.",
+        description=(
+            "Percent of live traffic served by the candidate during this stage. Every stage gives "
+            "the candidate more than the one before: a higher weight, or the same weight and a "
+            "higher mirror (e.g. shadow-10 then shadow-100). The last stage has weight 100."
+        ),
     )
     mirror: int = Field(
         default=0,
@@ -212,7 +267,8 @@ class Stage(_Wire):
         le=100,
         description=(
             "Percent of live traffic copied to the candidate (shadow); its answers are discarded. "
-            "Only with gatewayAPI or istio routing."
+            "Only with gatewayAPI or istio routing; 0 on the last stage. Every stage gives the "
+            "candidate some traffic: weight > 0 or mirror > 0."
         ),
     )
     duration: Duration | None = Field(
@@ -262,6 +318,7 @@ class PrometheusSpec(_Wire):
 
     address: str | None = Field(
         default=None,
+        max_length=2048,
         pattern=r"^https?://[^\s]+$",
         description="Base URL of Prometheus; defaults to the operator's --prometheus-url.",
     )
@@ -292,7 +349,9 @@ class CompareSpec(_Wire):
     test: CompareTest = Field(default=CompareTest.MANN_WHITNEY, description="Statistical test.")
     direction: Direction = Field(
         default=Direction.INCREASE,
-        description="Which change is bad: increase (e.g. latency), decrease (e.g. accuracy) or either.",
+        description=(
+            "Which change is bad: increase (e.g. latency), decrease (e.g. accuracy) or either."
+        ),
     )
     confidence: float = Field(
         default=0.95, gt=0.5, lt=1.0, description="Confidence level of the test, e.g. 0.98."
@@ -301,13 +360,16 @@ class CompareSpec(_Wire):
         default=0.1,
         ge=0.0,
         le=10.0,
-        description="Relative change of the median tolerated even when significant, e.g. 0.25 = 25%.",
+        description=(
+            "Relative change of the median tolerated even when significant, e.g. 0.25 = 25%."
+        ),
     )
     min_samples: int = Field(
         default=10, ge=3, le=10000, description="Fewer samples per side than this is Inconclusive."
     )
     window: Duration | None = Field(
-        default=None, description="Range of the sample window; defaults to the time spent in the stage."
+        default=None,
+        description="Range of the sample window; defaults to the time spent in the stage.",
     )
     step: Duration = Field(default="5s", description="Resolution of the range query.")
 
@@ -327,7 +389,7 @@ class MetricCheck(_Wire):
     name: str = Field(
         min_length=1,
         max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=DNS_LABEL_PATTERN,
         description="Check name (DNS label), unique within the rollout.",
     )
     template: MetricTemplate | None = Field(
@@ -347,16 +409,34 @@ class MetricCheck(_Wire):
             "interval. Exclusive with template."
         ),
     )
-    min: float | None = Field(default=None, description="The value must be >= min (threshold check).")
-    max: float | None = Field(default=None, description="The value must be <= max (threshold check).")
+    min: float | None = Field(
+        default=None,
+        description=(
+            "Threshold check: the value must be >= min. A threshold check sets min, max or both "
+            "(min below max); a comparison check (compare) sets neither."
+        ),
+    )
+    max: float | None = Field(
+        default=None,
+        description=(
+            "Threshold check: the value must be <= max. Required with the prediction-psi template; "
+            "error-rate bounds are ratios between 0 and 1."
+        ),
+    )
     compare: CompareSpec | None = Field(
         default=None,
-        description="Compare candidate and stable samples statistically instead of a fixed bound.",
+        description=(
+            "Compare candidate and stable samples statistically instead of a fixed bound "
+            "(exclusive with min and max; not with prediction-psi, which already compares)."
+        ),
     )
-    stages: list[str] | None = Field(
+    stages: list[StageName] | None = Field(
         default=None,
         max_length=32,
-        description="Stage names this check runs in; all stages when omitted.",
+        description=(
+            "Names of the stages (from spec.stages) this check runs in; all stages when omitted."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
@@ -373,13 +453,19 @@ class AnalysisSpec(_Wire):
         default=0,
         ge=0,
         le=100,
-        description="Failed results tolerated per stage; the next one rolls back (0 = roll back on the first breach).",
+        description=(
+            "Failed results tolerated per stage; the next one rolls back (0 = roll back on the "
+            "first breach)."
+        ),
     )
     inconclusive_limit: int = Field(
         default=3,
         ge=0,
         le=1000,
-        description="Inconclusive (no data, NaN, too few samples) results in a row before onInconclusive applies.",
+        description=(
+            "Inconclusive (no data, NaN, too few samples) results in a row before onInconclusive "
+            "applies."
+        ),
     )
     on_inconclusive: InconclusivePolicy = Field(
         default=InconclusivePolicy.HOLD,
@@ -389,13 +475,18 @@ class AnalysisSpec(_Wire):
         default=5,
         ge=0,
         le=1000,
-        description="Provider errors (unreachable, bad query) in a row before onInconclusive applies.",
+        description=(
+            "Provider errors (unreachable, bad query) in a row before onInconclusive applies."
+        ),
     )
     prometheus: PrometheusSpec = Field(
         default_factory=PrometheusSpec, description="Prometheus connection."
     )
     metrics: list[MetricCheck] = Field(
-        default_factory=list, max_length=64, description="The checks; none means time-based stages only."
+        default_factory=list,
+        max_length=64,
+        description="The checks; none means time-based stages only. Names are unique.",
+        json_schema_extra=_LIST_MAP_BY_NAME,
     )
 
 
@@ -410,17 +501,28 @@ class WebhookSpec(_Wire):
     """A gate or a notification target."""
 
     name: str = Field(
-        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Webhook name."
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Webhook name (DNS label), unique within the rollout.",
     )
     type: WebhookType = Field(
         description=(
-            "pre-rollout: must answer 2xx before the candidate gets traffic; confirm-promotion: must "
-            "answer 2xx before the last stage; notify: Slack-compatible message on stage change, "
-            "promotion and rollback; audit: every audit entry as a CloudEvent."
+            "pre-rollout: must answer 2xx before the candidate gets traffic; confirm-promotion: "
+            "must answer 2xx before the last stage; notify: Slack-compatible message on stage "
+            "change, promotion and rollback; audit: every audit entry as a CloudEvent."
         )
     )
-    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", description="Target URL.")
-    url_from: SecretKeyRef | None = Field(default=None, description="Target URL read from a Secret.")
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Target URL. Set exactly one of url and urlFrom.",
+    )
+    url_from: SecretKeyRef | None = Field(
+        default=None,
+        description="Target URL read from a Secret. Set exactly one of url and urlFrom.",
+    )
     headers_from: SecretKeyRef | None = Field(
         default=None, description="A Secret key holding extra headers as a JSON object."
     )
@@ -432,32 +534,56 @@ class ModelRolloutSpec(_Wire):
     """Desired state: which model version should serve, and how to get there safely."""
 
     model: ModelIdentity = Field(description="The model version to roll out.")
-    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas of the model server per version.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Replicas of the model server per version."
+    )
     template: dict[str, Any] = Field(
         description=(
             "The model server's PodTemplateSpec. The operator injects MODEL_NAME, MODEL_VERSION, "
             "MODEL_URI and MODEL_DIGEST into every container and adds its own labels."
         ),
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "x-kubernetes-embedded-resource": False},
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            "x-kubernetes-embedded-resource": False,
+        },
     )
-    service: ServiceSpec = Field(default_factory=ServiceSpec, description="The model server's port.")
-    traffic_routing: TrafficRouting = Field(description="How traffic reaches stable and candidate; exactly one router.")
+    service: ServiceSpec = Field(
+        default_factory=ServiceSpec, description="The model server's port."
+    )
+    traffic_routing: TrafficRouting = Field(
+        description="How traffic reaches stable and candidate; exactly one router."
+    )
     stages: list[Stage] = Field(
         default_factory=default_stages,
         min_length=1,
         max_length=20,
+        json_schema_extra=_LIST_MAP_BY_NAME,
         description=(
-            "The steps from first traffic to promotion. Weights never decrease and the last stage "
-            "has weight 100. Default: shadow (mirror 100, 10m), canary-5 (10m), canary-25 (20m), full."
+            "The steps from first traffic to promotion. Names are unique, weights never decrease "
+            "(equal weights need a higher mirror) and the last stage has weight 100. Default: "
+            "shadow (mirror 100, 10m), canary-5 (10m), canary-25 (20m), full. The default's shadow "
+            "stage needs gatewayAPI or istio routing."
         ),
     )
-    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="SLO checks and the rollback decision.")
-    webhooks: list[WebhookSpec] = Field(default_factory=list, max_length=16, description="Gates and notifications.")
+    analysis: AnalysisSpec = Field(
+        default_factory=AnalysisSpec, description="SLO checks and the rollback decision."
+    )
+    webhooks: list[WebhookSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Gates and notifications. Names are unique.",
+        json_schema_extra=_LIST_MAP_BY_NAME,
+    )
     progress_deadline: Duration = Field(
         default="10m",
-        description="How long the candidate may take to become ready before the rollout fails and rolls back.",
+        description=(
+            "How long the candidate may take to become ready before the rollout fails and rolls "
+            "back."
+        ),
     )
-    paused: bool = Field(default=False, description="Hold the rollout where it is; traffic stays as it is.")
+    paused: bool = Field(
+        default=False, description="Hold the rollout where it is; traffic stays as it is."
+    )
 
 
 # --------------------------------------------------------------------------- status
@@ -486,101 +612,220 @@ class Verdict(StrEnum):
 class ModelRef(_StatusWire):
     """A model version as recorded in status and audit entries."""
 
-    name: str
-    version: str
-    uri: str
-    digest: str | None = None
+    name: str = Field(description="Model name (spec.model.name).")
+    version: str = Field(description="Model version (spec.model.version).")
+    uri: str = Field(description="Where the model server loaded the model from (spec.model.uri).")
+    digest: str | None = Field(
+        default=None, description="Content digest of the model artefact, when given."
+    )
 
 
 class StageStatus(_StatusWire):
+    """The stage the rollout is in."""
+
     index: int = Field(description="Index into spec.stages.")
-    name: str
+    name: str = Field(description="Name of the stage (spec.stages[index].name).")
     weight: int = Field(description="Candidate weight this stage asks for.")
-    mirror: int = 0
+    mirror: int = Field(
+        default=0, description="Percent of live traffic this stage mirrors to the candidate."
+    )
     started_at: Time | None = Field(default=None, description="When the stage was entered.")
     ready_at: Time | None = Field(
-        default=None, description="When the candidate was ready and traffic was set; the duration counts from here."
+        default=None,
+        description=(
+            "When the candidate was ready and traffic was set; the duration counts from here."
+        ),
+    )
+    candidate_ready_at: Time | None = Field(
+        default=None,
+        description=(
+            "When the candidate was first seen ready in this stage; gates are called from then on."
+        ),
+    )
+    gates_checked_at: Time | None = Field(
+        default=None, description="When this stage's gate webhooks were last called."
     )
 
 
 class Weights(_StatusWire):
-    stable: int = 100
-    candidate: int = 0
-    mirror: int = 0
+    """Traffic as last set on the router."""
+
+    stable: int = Field(
+        default=100, description="Percent of live traffic served by the stable version."
+    )
+    candidate: int = Field(
+        default=0, description="Percent of live traffic served by the candidate."
+    )
+    mirror: int = Field(
+        default=0, description="Percent of live traffic copied to the candidate (shadow)."
+    )
     actual_candidate: float | None = Field(
         default=None, description="Replica-ratio router only: candidate replicas / total replicas."
     )
 
 
 class MetricResult(_StatusWire):
-    name: str
-    verdict: Verdict
-    value: float | None = None
-    stable_value: float | None = None
-    p_value: float | None = None
-    bound: str | None = Field(default=None, description="The bound or test the value was judged against.")
-    query: str | None = None
-    message: str | None = None
-    measured_at: Time | None = None
+    """The outcome of one check at one analysis run."""
+
+    name: str = Field(description="Check name (spec.analysis.metrics[].name).")
+    verdict: Verdict = Field(
+        description="Successful, Failed (a breach), Inconclusive (no data) or Error."
+    )
+    value: Measurement = Field(
+        default=None, description="Measured value of the candidate; absent without data."
+    )
+    stable_value: Measurement = Field(
+        default=None, description="Comparison checks: the stable's value (median)."
+    )
+    p_value: Measurement = Field(
+        default=None, description="Comparison checks: p-value of the statistical test."
+    )
+    bound: str | None = Field(
+        default=None, description="The bound or test the value was judged against."
+    )
+    query: str | None = Field(
+        default=None, description="The PromQL that was run, variables filled in."
+    )
+    message: str | None = Field(
+        default=None, description="Why the verdict, in words (e.g. the provider error)."
+    )
+    measured_at: Time | None = Field(default=None, description="When the value was measured.")
 
 
 class AnalysisStatus(_StatusWire):
-    last_run_at: Time | None = None
-    failures: int = 0
-    inconclusive: int = 0
-    errors: int = 0
-    results: list[MetricResult] = Field(default_factory=list)
+    """Analysis of the current stage: counters and the last results."""
+
+    last_run_at: Time | None = Field(default=None, description="When the checks last ran.")
+    runs: int = Field(default=0, description="Analysis runs in the current stage.")
+    last_verdict: Verdict | None = Field(default=None, description="Worst verdict of the last run.")
+    failures: int = Field(default=0, description="Failed results in the current stage.")
+    inconclusive: int = Field(default=0, description="Inconclusive results in a row.")
+    errors: int = Field(default=0, description="Provider errors in a row.")
+    results: list[MetricResult] = Field(
+        default_factory=list, description="The last result of every check."
+    )
 
 
 class Condition(_StatusWire):
     """A kstatus-compatible condition."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: Time | None = None
-    observed_generation: int | None = None
+    type: str = Field(description="Ready, Progressing or Stalled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="A CamelCase reason for the status.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: Time | None = Field(default=None, description="When status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation this condition was computed for."
+    )
 
 
 class HistoryEntry(_StatusWire):
-    """One decision in the audit trail. ``hash`` chains entries so a gap or an edit is detectable."""
+    """One decision in the audit trail.
 
-    time: Time
-    event: str = Field(description="StageEntered, AnalysisFailed, Promoted, RolledBack, Command, ...")
-    from_stage: str | None = Field(default=None, alias="from")
-    to_stage: str | None = Field(default=None, alias="to")
-    reason: str = ""
-    model: ModelRef | None = None
-    stable_version: str | None = None
-    metrics: list[MetricResult] = Field(default_factory=list)
+    ``hash`` chains entries so a gap or an edit is detectable.
+    """
+
+    time: Time = Field(description="When the decision was taken.")
+    event: str = Field(
+        description="StageEntered, AnalysisFailed, Promoted, RolledBack, Command, ..."
+    )
+    from_stage: str | None = Field(default=None, alias="from", description="Stage left, if any.")
+    to_stage: str | None = Field(default=None, alias="to", description="Stage entered, if any.")
+    reason: str = Field(default="", description="Why, in words.")
+    model: ModelRef | None = Field(
+        default=None, description="The candidate model the decision is about."
+    )
+    stable_version: str | None = Field(default=None, description="The stable version at the time.")
+    metrics: list[MetricResult] = Field(
+        default_factory=list, description="The results that led to it."
+    )
     actor: str = Field(default="modelrollout-operator", description="Who or what decided.")
-    seq: int = 0
-    prev_hash: str | None = None
-    hash: str | None = None
+    seq: int = Field(
+        default=0, description="Sequence number of the entry, counting from the first ever."
+    )
+    prev_hash: str | None = Field(default=None, description="hash of the previous entry.")
+    hash: str | None = Field(default=None, description="Hash over this entry and prevHash.")
 
 
 class ModelRolloutStatus(_StatusWire):
     """Observed state, written only by the operator. Everything needed to resume lives here."""
 
-    phase: Phase = Phase.IDLE
-    message: str = ""
-    stage: StageStatus | None = None
-    weights: Weights = Field(default_factory=Weights)
-    stable: ModelRef | None = None
-    candidate: ModelRef | None = None
-    stable_version: str | None = None
-    candidate_version: str | None = None
+    phase: Phase = Field(
+        default=Phase.IDLE,
+        description="Idle, Progressing, Paused, Promoting, Succeeded, RolledBack or Failed.",
+    )
+    message: str = Field(
+        default="", description="What the rollout is doing or waiting for, in words."
+    )
+    stage: StageStatus | None = Field(
+        default=None, description="The current stage, while rolling out."
+    )
+    weights: Weights = Field(
+        default_factory=Weights, description="Traffic as last set on the router."
+    )
+    stable: ModelRef | None = Field(
+        default=None, description="The model version serving as stable."
+    )
+    candidate: ModelRef | None = Field(
+        default=None, description="The model version being rolled out."
+    )
+    stable_version: str | None = Field(
+        default=None, description="stable.version, for printer columns."
+    )
+    candidate_version: str | None = Field(
+        default=None, description="candidate.version, for printer columns."
+    )
     stable_slot: Literal["a", "b"] | None = Field(
         default=None, description="Which Deployment slot (a or b) runs the stable version."
     )
-    rollout_started_at: Time | None = None
-    observed_generation: int | None = None
+    rollout_started_at: Time | None = Field(
+        default=None, description="When the current rollout began."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the operator last acted on."
+    )
     last_command: str | None = Field(default=None, description="The last manual command handled.")
-    rollback_reason: str | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    analysis: AnalysisStatus = Field(default_factory=AnalysisStatus)
-    history: list[HistoryEntry] = Field(default_factory=list)
+    paused_at: Time | None = Field(
+        default=None, description="When the rollout was paused; the stage clock stops."
+    )
+    paused_by: Literal["spec", "command"] | None = Field(
+        default=None, description="Whether spec.paused or a pause command paused the rollout."
+    )
+    rollback_reason: str | None = Field(default=None, description="Why the last rollback happened.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing and Stalled (kstatus-compatible), one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    analysis: AnalysisStatus = Field(
+        default_factory=AnalysisStatus, description="Analysis of the current stage."
+    )
+    history: list[HistoryEntry] = Field(
+        default_factory=list, description="Bounded audit trail of decisions, oldest first."
+    )
+
+
+def _without_empty_strings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [_without_empty_strings(v) for v in value]
+    return value
+
+
+def status_to_wire(status: ModelRolloutStatus) -> dict[str, Any]:
+    """The JSON object the operator writes to ``.status``: camelCase, no None, no "".
+
+    Empty strings are left out because the lab's apiserver (1.20.2; fixed upstream in 1.20.7)
+    turns "" in a typed string field into null on every update and then refuses the write
+    ("must be of type string: null"). Nothing is lost: the fields that default to "" read back
+    as "". In a JSON merge patch, a key that is absent here but present in the stored status
+    must be sent as null to clear it.
+    """
+    wire: dict[str, Any] = _without_empty_strings(
+        status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    )
+    return wire
 
 
 class ModelRollout(BaseModel):

@@ -1,0 +1,74 @@
+"""The examples are valid, self-contained and apply to any namespace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelrollout.api.validation import check, validate
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+
+ROUTE_KINDS = {
+    "gatewayAPI": ("gateway.networking.k8s.io/v1", "HTTPRoute", "httpRoute"),
+    "istio": ("networking.istio.io/v1beta1", "VirtualService", "virtualService"),
+}
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def test_the_promised_examples_exist() -> None:
+    assert {p.name for p in EXAMPLES} >= {
+        "minimal.yaml",
+        "gateway-api.yaml",
+        "istio.yaml",
+        "replica-ratio.yaml",
+        "custom-stages-comparison.yaml",
+    }
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_is_valid_and_self_contained(example: Path) -> None:
+    docs = _docs(example)
+    rollouts = [d for d in docs if d["kind"] == "ModelRollout"]
+    assert rollouts, "an example shows at least one ModelRollout"
+    for doc in docs:
+        # kubectl apply -n <namespace> must work: no namespace baked in.
+        assert "namespace" not in doc["metadata"], doc["metadata"]["name"]
+    for rollout in rollouts:
+        assert validate(rollout) == []
+        spec = check(rollout)
+        for container in spec.template["spec"]["containers"]:
+            assert "env" not in container, "the operator injects the MODEL_* variables"
+        router = spec.traffic_routing.kind
+        if router in ROUTE_KINDS:
+            api_version, kind, field = ROUTE_KINDS[router]
+            name = rollout["spec"]["trafficRouting"][router][field]
+            matches = [
+                d for d in docs
+                if (d["apiVersion"], d["kind"], d["metadata"]["name"]) == (api_version, kind, name)
+            ]  # fmt: skip
+            assert matches, f"{kind} {name} is not in {example.name}"
+
+
+def test_minimal_example_relies_on_defaults() -> None:
+    [rollout] = [d for d in _docs(EXAMPLES_DIR / "minimal.yaml") if d["kind"] == "ModelRollout"]
+    assert set(rollout["spec"]) == {"model", "template", "trafficRouting"}
+    spec = check(rollout)
+    assert [s.name for s in spec.stages] == ["shadow", "canary-5", "canary-25", "full"]
+    assert spec.traffic_routing.kind == "gatewayAPI"  # the default shadow stage needs a mesh
+
+
+def test_replica_ratio_example_has_no_shadow_stage() -> None:
+    [rollout] = [
+        d for d in _docs(EXAMPLES_DIR / "replica-ratio.yaml") if d["kind"] == "ModelRollout"
+    ]
+    spec = check(rollout)
+    assert spec.traffic_routing.kind == "replicas"
+    assert all(stage.mirror == 0 for stage in spec.stages)
