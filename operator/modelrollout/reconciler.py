@@ -141,7 +141,9 @@ class Reconciler:
             validation_errors=problems,
             routing_error=routing_error,
         )
-        decision = engine.decide(spec, status, observation, now)
+        decision = engine.decide(
+            spec, status, observation, now, history_limit=self.config.history_limit
+        )
         await self._apply(body, spec, status, decision, router)
         if self.on_decision is not None:
             self.on_decision(body, observation, decision, time.perf_counter() - started)
@@ -249,7 +251,11 @@ class Reconciler:
             return value
 
         try:
-            provider = await self.providers.provider_for(spec.analysis.prometheus, read_secret)
+            prometheus = spec.analysis.prometheus
+            prometheus = prometheus.model_copy(
+                update={"timeout": prometheus.effective_timeout(spec.analysis.interval)}
+            )
+            provider = await self.providers.provider_for(prometheus, read_secret)
         except (SecretNotFound, ValueError) as exc:
             return [
                 MetricResult(name=c.name, verdict=Verdict.ERROR, message=str(exc), measured_at=now)

@@ -322,7 +322,21 @@ class PrometheusSpec(_Wire):
         pattern=r"^https?://[^\s]+$",
         description="Base URL of Prometheus; defaults to the operator's --prometheus-url.",
     )
-    timeout: Duration = Field(default="5s", description="Per-query timeout.")
+    timeout: Duration | None = Field(
+        default=None,
+        description=(
+            "Per-query timeout, shorter than the analysis interval. Default: 5s, or half the "
+            "interval when that is shorter."
+        ),
+    )
+
+    def effective_timeout(self, interval: str) -> str:
+        """The timeout in force: as set, else 5s capped at half the analysis interval."""
+        if self.timeout is not None:
+            return self.timeout
+        half = parse_duration(interval) / 2
+        return "5s" if half >= timedelta(seconds=5) else f"{max(half.total_seconds(), 0.1):g}s"
+
     auth: PrometheusAuth | None = Field(default=None, description="Optional credentials.")
     tls: PrometheusTLS | None = Field(default=None, description="Optional TLS settings.")
 

@@ -329,8 +329,11 @@ def _check_min_duration(path: str, value: str, minimum: timedelta, what: str) ->
 
 def _check_prometheus(prom: PrometheusSpec, interval: str) -> Iterator[Problem]:
     path = "spec.analysis.prometheus"
-    yield from _check_min_duration(f"{path}.timeout", prom.timeout, timedelta.resolution, "> 0")
-    if parse_duration(prom.timeout) >= parse_duration(interval):
+    if prom.timeout is None:
+        pass  # the default adapts to the interval (PrometheusSpec.effective_timeout)
+    elif parse_duration(prom.timeout) <= timedelta(0):
+        yield Problem(f"{path}.timeout", f"must be > 0 (got {prom.timeout})")
+    elif parse_duration(prom.timeout) >= parse_duration(interval):
         yield Problem(
             f"{path}.timeout",
             f"must be shorter than spec.analysis.interval ({interval}; got {prom.timeout})",

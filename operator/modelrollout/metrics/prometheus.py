@@ -436,7 +436,7 @@ class PrometheusProviderFactory:
             raise ValueError("Prometheus basic auth needs both username and password")
         ca_pem = await read(tls.ca if tls else None)
         verify = not (tls.insecure_skip_verify if tls else False)
-        timeout = parse_duration(spec.timeout).total_seconds()
+        timeout = parse_duration(spec.timeout or "5s").total_seconds()
 
         key = _fingerprint(address, repr(timeout), repr(verify), token, username, password, ca_pem)
         provider = self._cache.get(key)

@@ -16,7 +16,9 @@ from modelrollout.kube.workloads import (
 )
 
 OWNER = {"metadata": {"name": "fraud", "namespace": "ml", "uid": "u-1"}}
-MODEL = ModelRef(name="fraud", version="2.4.0+cpu", uri="s3://m/2.4.0", digest="sha256:" + "ab" * 32)
+MODEL = ModelRef(
+    name="fraud", version="2.4.0+cpu", uri="s3://m/2.4.0", digest="sha256:" + "ab" * 32
+)
 
 
 def spec(**extra: Any) -> ModelRolloutSpec:
@@ -29,7 +31,10 @@ def spec(**extra: Any) -> ModelRolloutSpec:
                     {
                         "name": "server",
                         "image": "img:1",
-                        "env": [{"name": "MODEL_URI", "value": "stale"}, {"name": "KEEP", "value": "1"}],
+                        "env": [
+                            {"name": "MODEL_URI", "value": "stale"},
+                            {"name": "KEEP", "value": "1"},
+                        ],
                     },
                     {"name": "sidecar", "image": "side:1", "ports": [{"containerPort": 9000}]},
                 ]
@@ -48,7 +53,9 @@ def test_deployment_injects_model_identity_into_every_container_and_keeps_user_e
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["MODEL_NAME"] == "fraud"
         assert env["MODEL_VERSION"] == "2.4.0+cpu"
-        assert env["MODEL_URI"] == "s3://m/2.4.0"  # the stale user value is replaced, not duplicated
+        assert (
+            env["MODEL_URI"] == "s3://m/2.4.0"
+        )  # the stale user value is replaced, not duplicated
         assert env["MODEL_DIGEST"] == MODEL.digest
     names = [e["name"] for e in containers[0]["env"]]
     assert names.count("MODEL_URI") == 1 and "KEEP" in names
@@ -74,7 +81,7 @@ def test_deployment_identity_labels_selector_and_owner() -> None:
 
 
 def test_pod_template_carries_no_role_so_promotion_restarts_nothing() -> None:
-    """The template depends on slot and model only: switching stable/candidate roles changes nothing."""
+    """The template depends on slot and model only: a role switch changes nothing."""
     first = build_deployment(OWNER, spec(), "b", MODEL, 1)["spec"]["template"]
     again = build_deployment(OWNER, spec(replicas=5), "b", MODEL, 1)["spec"]["template"]
     assert first == again
@@ -84,7 +91,10 @@ def test_pod_template_carries_no_role_so_promotion_restarts_nothing() -> None:
 def test_service_targets_one_slot() -> None:
     svc = build_service(OWNER, spec(service={"port": 80, "targetPort": 8080}), "b")
     assert svc["metadata"]["name"] == "fraud-b"
-    assert svc["spec"]["selector"] == {"modelrollout.dev/rollout": "fraud", "modelrollout.dev/slot": "b"}
+    assert svc["spec"]["selector"] == {
+        "modelrollout.dev/rollout": "fraud",
+        "modelrollout.dev/slot": "b",
+    }
     assert svc["spec"]["ports"][0]["port"] == 80 and svc["spec"]["ports"][0]["targetPort"] == 8080
 
 
@@ -95,11 +105,20 @@ def test_label_value_is_always_a_valid_label() -> None:
     assert label_value("v1/ü") == "v1"  # no trailing separator
 
 
-def _deployment(replicas: int, ready: int, updated: int, generation: int, observed: int) -> dict[str, Any]:
+def _deployment(
+    replicas: int, ready: int, updated: int, generation: int, observed: int
+) -> dict[str, Any]:
     return {
         "metadata": {"generation": generation},
-        "spec": {"replicas": replicas, "template": {"metadata": {"annotations": {ANNOTATION_VERSION: "2"}}}},
-        "status": {"readyReplicas": ready, "updatedReplicas": updated, "observedGeneration": observed},
+        "spec": {
+            "replicas": replicas,
+            "template": {"metadata": {"annotations": {ANNOTATION_VERSION: "2"}}},
+        },
+        "status": {
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "observedGeneration": observed,
+        },
     }
 
 
@@ -109,5 +128,7 @@ def test_slot_state_ready_only_when_controller_caught_up_and_all_replicas_ready(
     assert slot_state(_deployment(2, 2, 2, 3, 3)).version == "2"
     assert slot_state(_deployment(2, 1, 2, 3, 3)).is_ready is False  # one replica not ready
     assert slot_state(_deployment(2, 2, 1, 3, 3)).is_ready is False  # rolling update in flight
-    assert slot_state(_deployment(2, 2, 2, 4, 3)).is_ready is False  # controller has not seen the edit
+    assert (
+        slot_state(_deployment(2, 2, 2, 4, 3)).is_ready is False
+    )  # controller has not seen the edit
     assert slot_state(_deployment(0, 0, 0, 3, 3)).is_ready is False  # scaled to zero serves nothing
