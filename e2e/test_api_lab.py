@@ -231,24 +231,25 @@ def test_status_refuses_what_the_schema_does_not_allow(
     )
 
 
-def test_empty_strings_in_status_are_refused_by_the_lab(
+def test_empty_strings_are_values_not_null(
     installed: Lab, api_namespace: str, kube_api: Any
 ) -> None:
-    """Why status_to_wire() leaves "" out: this apiserver build (1.20.2) turns "" into null on
-    updates. If this test fails, the lab's apiserver lost that bug and the note can go."""
+    """Built with Go >= 1.16, the 1.20.2 apiserver took "" in a typed string field for null and
+    refused it (kubernetes#99804). The lab build patches the vendored validators (see
+    e2e/lab/build-control-plane.sh); real clusters accept "" and so must the lab."""
     assert _apply(installed, api_namespace, REPO / "examples" / "minimal.yaml").returncode == 0
     api = client.CustomObjectsApi(kube_api)
-    with pytest.raises(client.ApiException) as refused:
-        api.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            api_namespace,
-            PLURAL,
-            "sentiment",
-            {"status": {"message": ""}},
-            _content_type="application/merge-patch+json",
-        )
-    assert 'status.message: Invalid value: "null"' in json.loads(refused.value.body)["message"]
+    api.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        api_namespace,
+        PLURAL,
+        "sentiment",
+        {"status": {"message": ""}},
+        _content_type="application/merge-patch+json",
+    )
+    got = api.get_namespaced_custom_object(GROUP, VERSION, api_namespace, PLURAL, "sentiment")
+    assert got["status"]["message"] == ""
 
 
 def test_explain_shows_the_descriptions(installed: Lab) -> None:

@@ -51,12 +51,15 @@ if [ -z "$version" ] && [ $apt_updated = 0 ]; then
   $SUDO apt-get update -qq; apt_updated=1; version=$(src_version)
 fi
 [ -n "$version" ] || { echo "cannot find Debian source package 'kubernetes'" >&2; exit 1; }
-BUILD_REVISION=mr2
+BUILD_REVISION=mr3
 out="$CACHE/kubernetes-$version-$BUILD_REVISION/bin"
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ]; then
-  echo "$out"
-  exit 0
-fi
+built() { [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ]; }
+if built; then echo "$out"; exit 0; fi
+# One build at a time: a second caller waits for the first and then finds the cache filled.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build.lock"
+flock 9
+if built; then echo "$out"; exit 0; fi
 
 apt_install dpkg-dev golang-go rsync jq golang-github-modern-go-reflect2-dev build-essential
 work="$CACHE/build-$version"
@@ -67,13 +70,16 @@ cd src
 # Swap the crashing reflect2 for Debian's 1.0.2 sources.
 rm -rf vendor/github.com/modern-go/reflect2
 cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
-# Empty strings are values, not null (go-openapi/validate#138).
-validate_type=vendor/github.com/go-openapi/validate/type.go
-grep -q 'reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))' "$validate_type"
-sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$validate_type"
-if grep -q 'reflect.DeepEqual(reflect.Zero' "$validate_type"; then
-  echo "patching $validate_type failed" >&2; exit 1
-fi
+# Empty strings are values, not null (go-openapi/validate#138, kubernetes#99817): both the
+# vendored go-openapi/validate and kube-openapi's fork of it (which CR validation uses) carry
+# the zero-value check.
+for validate_type in vendor/github.com/go-openapi/validate/type.go \
+                     vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go; do
+  sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$validate_type"
+  if grep -q 'reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data))' "$validate_type"; then
+    echo "patching $validate_type failed" >&2; exit 1
+  fi
+done
 # GOPATH as debian/rules lays it out: the tree at _output/local/go/src/k8s.io/kubernetes.
 export GOPATH="$PWD/_output/local/go"
 export GO111MODULE=off GOFLAGS=-mod=vendor GOCACHE="$work/gocache" GOPROXY=off
