@@ -163,7 +163,12 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         first: list[Action] = []
         rest: list[Action] = []
+        # One decide may make several transitions (e.g. enter the last stage and promote at
+        # once); only the route of the final state matters, so only the last SetTraffic is kept.
+        traffic = [a for a in decision.actions if isinstance(a, SetTraffic)]
         for action in decision.actions:
+            if isinstance(action, SetTraffic) and action is not traffic[-1]:
+                continue
             towards_stable = (
                 isinstance(action, SetTraffic)
                 and action.candidate_weight == 0
