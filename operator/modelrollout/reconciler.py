@@ -90,6 +90,7 @@ class Reconciler:
     ) = None
     on_decision: Callable[[dict[str, Any], Observation, Decision, float], None] | None = None
     register_secret: Callable[[str], None] | None = None
+    router_factory: Callable[..., TrafficRouter] = make_router
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision | None:
@@ -110,7 +111,7 @@ class Reconciler:
         routing_error: str | None = None
         route: RouteState | None = None
         if not problems:
-            router = make_router(self.kube.api_client, namespace, name, spec, owner=body)
+            router = self.router_factory(self.kube.api_client, namespace, name, spec, owner=body)
             try:
                 route = await router.observe()
             except RoutingError as exc:

@@ -1,0 +1,267 @@
+"""The reconciler's own rules: what it observes, and the order in which it carries out a decision.
+
+The engine decides; these tests pin how the decision reaches the cluster: traffic towards the
+stable version before the status write, only the final route of a multi-step decision, nothing
+touched for an invalid spec, replica-ratio sizing, and command parsing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from modelrollout.api.models import ModelRef, ModelRolloutSpec, ModelRolloutStatus, Phase
+from modelrollout.engine.types import Command, CommandVerb, RouteState
+from modelrollout.kube.workloads import ANNOTATION_VERSION
+from modelrollout.reconciler import Reconciler, parse_command, replica_ratio_count
+from modelrollout.routing.base import DesiredRoutes, RoutingError
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def spec_body(version: str, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"name": "m", "version": version, "uri": f"s3://m/{version}"},
+        "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+        "trafficRouting": {"gatewayAPI": {"httpRoute": "m"}},
+        "stages": [
+            {"name": "canary", "weight": 10, "duration": "1m"},
+            {"name": "full", "weight": 100},
+        ],
+    }
+    spec.update(extra)
+    return spec
+
+
+def body(version: str, status: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelrollout.dev/v1alpha1",
+        "kind": "ModelRollout",
+        "metadata": {
+            "name": "m",
+            "namespace": "ns",
+            "uid": "u1",
+            "generation": 3,
+            "annotations": {},
+        },
+        "spec": spec_body(version, **extra),
+        "status": status or {},
+    }
+
+
+def deployment(version: str, replicas: int = 1, ready: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "template": {"metadata": {"annotations": {ANNOTATION_VERSION: version}}},
+        },
+        "status": {"readyReplicas": ready, "updatedReplicas": ready, "observedGeneration": 1},
+    }
+
+
+class World:
+    """Fake cluster: records every write in one ordered log."""
+
+    def __init__(self, deployments: dict[str, dict[str, Any]], route: RouteState) -> None:
+        self.deployments = deployments
+        self.route = route
+        self.log: list[tuple[str, Any]] = []
+        self.api_client = object()
+        self.routing_error: str | None = None
+
+    # KubeClient
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.deployments.get(name)
+
+    async def ensure_slot(
+        self, owner: Any, spec: Any, slot: str, model: ModelRef, replicas: int
+    ) -> bool:
+        self.log.append(("ensure", (slot, model.version, replicas)))
+        return True
+
+    async def scale_slot(self, namespace: str, rollout: str, slot: str, replicas: int) -> bool:
+        self.log.append(("scale", (slot, replicas)))
+        return True
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.log.append(("status", status))
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        raise AssertionError("no secrets in these tests")
+
+    # TrafficRouter
+    def router(self, *_: Any, **__: Any) -> World:
+        return self
+
+    async def observe(self) -> RouteState:
+        if self.routing_error:
+            raise RoutingError(self.routing_error)
+        return self.route
+
+    async def apply(self, desired: DesiredRoutes) -> bool:
+        self.log.append(
+            ("route", (desired.stable_service, desired.candidate_service, desired.candidate_weight))
+        )
+        return True
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.log]
+
+
+def reconciler(world: World, events: list[tuple[str, str]]) -> Reconciler:
+    return Reconciler(
+        kube=world,  # type: ignore[arg-type]
+        providers=None,  # type: ignore[arg-type]
+        post_event=lambda _b, type_, reason, _m: events.append((type_, reason)),
+        router_factory=world.router,
+    )
+
+
+def progressing_status(
+    stage_index: int, stage: str, weight: int, ready_at: datetime
+) -> dict[str, Any]:
+    status = ModelRolloutStatus.model_validate(
+        {
+            "phase": "Progressing",
+            "stage": {
+                "index": stage_index,
+                "name": stage,
+                "weight": weight,
+                "startedAt": ready_at,
+                "readyAt": ready_at,
+            },
+            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "candidate": {"name": "m", "version": "2", "uri": "s3://m/2"},
+            "stableVersion": "1",
+            "candidateVersion": "2",
+            "stableSlot": "a",
+            "rolloutStartedAt": ready_at,
+            "weights": {"stable": 100 - weight, "candidate": weight},
+        }
+    )
+    return status.model_dump(mode="json", by_alias=True)
+
+
+async def test_entering_the_last_stage_and_promoting_in_one_tick_applies_only_the_final_route() -> (
+    None
+):
+    world = World(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=90, candidate_weight=10),
+    )
+    events: list[tuple[str, str]] = []
+    status = progressing_status(0, "canary", 10, NOW - timedelta(minutes=2))
+    decision = await reconciler(world, events).reconcile(body("2", status), NOW)
+    assert decision is not None and decision.status.phase is Phase.SUCCEEDED
+    routes = [arg for kind, arg in world.log if kind == "route"]
+    assert routes == [("m-b", None, 0)], "only the promotion's route, not the full stage's"
+    # Traffic moves to the promoted slot before the decision is recorded; the old stable
+    # is scaled down only after both.
+    assert world.kinds().index("route") < world.kinds().index("status")
+    assert ("scale", ("a", 0)) in world.log
+    assert world.kinds().index("status") < world.log.index(("scale", ("a", 0)))
+    assert ("Normal", "Promoted") in events
+
+
+async def test_traffic_towards_the_candidate_is_set_after_the_status_commits_the_stage() -> None:
+    world = World(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=100, candidate_weight=0),
+    )
+    status = ModelRolloutStatus.model_validate(
+        {
+            "phase": "Succeeded",
+            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "stableVersion": "1",
+            "stableSlot": "a",
+        }
+    ).model_dump(mode="json", by_alias=True)
+    await reconciler(world, []).reconcile(body("2", status), NOW)
+    kinds = world.kinds()
+    assert "status" in kinds and "route" in kinds
+    assert kinds.index("status") < kinds.index("route")
+    assert ("route", ("m-a", "m-b", 10)) in world.log
+
+
+async def test_invalid_spec_writes_the_reason_and_touches_nothing_else() -> None:
+    world = World({"m-a": deployment("1")}, RouteState(found=True))
+    events: list[tuple[str, str]] = []
+    bad = body("2")
+    bad["spec"]["stages"] = [{"name": "full", "weight": 150}]
+    assert await reconciler(world, events).reconcile(bad, NOW) is None
+    assert world.kinds() == ["status"]
+    written = world.log[0][1]
+    ready = next(c for c in written["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec" and "spec.stages[0].weight" in ready["message"]
+    assert ("Warning", "InvalidSpec") in events
+
+
+async def test_a_route_that_cannot_be_managed_holds_the_rollout() -> None:
+    world = World({"m-a": deployment("1"), "m-b": deployment("2")}, RouteState(found=True))
+    world.routing_error = "HTTPRoute ns/m not found"
+    status = progressing_status(0, "canary", 10, NOW - timedelta(seconds=10))
+    decision = await reconciler(world, []).reconcile(body("2", status), NOW)
+    assert decision is not None
+    assert "route" not in world.kinds() and "scale" not in world.kinds()
+    stalled = next(c for c in decision.status.conditions if c.type == "Stalled")
+    assert stalled.status == "True" and "not found" in stalled.message
+
+
+async def test_an_unchanged_decision_writes_no_status() -> None:
+    world = World({"m-a": deployment("1")}, RouteState(found=True, stable_weight=100))
+    status = ModelRolloutStatus.model_validate(
+        {
+            "phase": "Succeeded",
+            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "stableVersion": "1",
+            "stableSlot": "a",
+        }
+    ).model_dump(mode="json", by_alias=True)
+    first = await reconciler(world, []).reconcile(body("1", status), NOW)
+    assert first is not None
+    world.log.clear()
+    settled = first.status.model_dump(mode="json", by_alias=True)
+    await reconciler(world, []).reconcile(body("1", settled), NOW)
+    assert "status" not in world.kinds()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "promote:2026-11-22T10:00:00Z-ab12",
+            Command(CommandVerb.PROMOTE, "promote:2026-11-22T10:00:00Z-ab12", "alice"),
+        ),
+        ("ABORT", Command(CommandVerb.ABORT, "ABORT", "alice")),
+        ("explode:1", None),
+        ("", None),
+    ],
+)
+def test_parse_command(raw: str, expected: Command | None) -> None:
+    annotations = {"modelrollout.dev/command": raw, "modelrollout.dev/command-by": "alice"}
+    assert parse_command(annotations) == expected
+
+
+def test_replica_ratio_sizing_matches_the_router_and_warms_the_candidate_with_one_pod() -> None:
+    spec = ModelRolloutSpec.model_validate(
+        {
+            **spec_body("2", replicas=4),
+            "trafficRouting": {"replicas": {}},
+            "stages": [
+                {"name": "c", "weight": 25, "duration": "1m"},
+                {"name": "full", "weight": 100},
+            ],
+        }
+    )
+    warming = ModelRolloutStatus.model_validate(progressing_status(0, "c", 0, NOW))
+    warming.weights.candidate = 0
+    assert replica_ratio_count(spec, warming, "b", 4) == 1  # candidate: one pod to get ready
+    assert replica_ratio_count(spec, warming, "a", 4) == 4
+    serving = ModelRolloutStatus.model_validate(progressing_status(0, "c", 25, NOW))
+    assert replica_ratio_count(spec, serving, "b", 4) == 1  # 25% of 4
+    assert replica_ratio_count(spec, serving, "a", 4) == 3
+    done = ModelRolloutStatus.model_validate({"phase": "Succeeded"})
+    assert replica_ratio_count(spec, done, "a", 4) == 4
