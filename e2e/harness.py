@@ -60,22 +60,45 @@ def free_port() -> int:
 
 
 def install_crd(lab: Lab) -> None:
-    """Install (or update) the ModelRollout CRD in the lab and wait until it is served."""
+    """Install (or update) the ModelRollout CRD in the lab and wait until it is served.
+
+    Safe when several test workers do it at once: a conflict means another one just wrote it.
+    """
     from modelrollout.api import crd
 
     body = crd.build_crd(cel=False)  # the lab's 1.20 apiserver predates x-kubernetes-validations
     api = k8s.ApiextensionsV1Api(lab.api_client())
-    try:
-        current = api.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        api.replace_custom_resource_definition(body["metadata"]["name"], body)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        api.create_custom_resource_definition(body)
+    name = body["metadata"]["name"]
+
+    def write() -> bool:
+        try:
+            current = api.read_custom_resource_definition(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            try:
+                api.create_custom_resource_definition(body)
+            except ApiException as create_exc:
+                if create_exc.status != 409:
+                    raise
+                return False
+            return True
+        wanted = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        try:
+            api.replace_custom_resource_definition(name, wanted)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
+
+    wait_for("the ModelRollout CRD to be written", write, timeout=30)
 
     def established() -> bool:
-        got = api.read_custom_resource_definition(body["metadata"]["name"])
+        got = api.read_custom_resource_definition(name)
         return any(
             c.type == "Established" and c.status == "True" for c in got.status.conditions or []
         )
