@@ -46,9 +46,13 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
+# The suite runs in two passes: everything that shares the lab peacefully in parallel
+# (one file per worker), then the tests that stop or restart a shared lab component, alone.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(PY) -m e2e.lab up
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not disruptive" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m disruptive $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 demo: $(STAMP)
 	$(PY) -m e2e.demo
