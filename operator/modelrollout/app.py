@@ -7,6 +7,7 @@ and the structured audit log line of every decision.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import kopf
@@ -89,17 +90,24 @@ class Webhooks:
         )
         return await webhooks.call_gate(gate, url, headers, payload)
 
+    async def _usable(
+        self, namespace: str, spec: ModelRolloutSpec, kind: WebhookType
+    ) -> AsyncIterator[tuple[WebhookSpec, str, dict[str, str]]]:
+        """The webhooks of ``kind`` with their URL and headers; unusable ones are logged, skipped."""
+        for hook in spec.webhooks:
+            if hook.type is not kind:
+                continue
+            try:
+                url, headers = await self._target(namespace, hook)
+            except (SecretNotFound, ValueError) as exc:
+                log.warning("webhook unusable", webhook=hook.name, type=kind.value, error=str(exc))
+                continue
+            yield hook, url, headers
+
     async def notify(self, body: dict[str, Any], spec: ModelRolloutSpec, note: Notify) -> None:
         meta = body["metadata"]
         status = ModelRolloutStatus.model_validate(body.get("status") or {})
-        for hook in spec.webhooks:
-            if hook.type is not WebhookType.NOTIFY:
-                continue
-            try:
-                url, headers = await self._target(meta["namespace"], hook)
-            except (SecretNotFound, ValueError) as exc:
-                log.warning("notification target unusable", webhook=hook.name, error=str(exc))
-                continue
+        async for hook, url, headers in self._usable(meta["namespace"], spec, WebhookType.NOTIFY):
             await webhooks.notify(
                 hook,
                 url,
@@ -116,14 +124,7 @@ class Webhooks:
         self, body: dict[str, Any], spec: ModelRolloutSpec, entries: list[HistoryEntry]
     ) -> None:
         meta = body["metadata"]
-        for hook in spec.webhooks:
-            if hook.type is not WebhookType.AUDIT:
-                continue
-            try:
-                url, headers = await self._target(meta["namespace"], hook)
-            except (SecretNotFound, ValueError) as exc:
-                log.warning("audit sink unusable", webhook=hook.name, error=str(exc))
-                continue
+        async for hook, url, headers in self._usable(meta["namespace"], spec, WebhookType.AUDIT):
             for entry in entries:
                 await webhooks.send_audit_event(
                     hook,
