@@ -93,7 +93,7 @@ class Webhooks:
     async def _usable(
         self, namespace: str, spec: ModelRolloutSpec, kind: WebhookType
     ) -> AsyncIterator[tuple[WebhookSpec, str, dict[str, str]]]:
-        """The webhooks of ``kind`` with their URL and headers; unusable ones are logged, skipped."""
+        """Webhooks of ``kind`` with their URL and headers; unusable ones are logged and skipped."""
         for hook in spec.webhooks:
             if hook.type is not kind:
                 continue
