@@ -8,8 +8,10 @@ model-server processes the node simulator runs for each pod).
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import httpx
@@ -256,3 +258,145 @@ def deployment_replicas(api: k8s.ApiClient, namespace: str, name: str) -> int | 
             return None
         raise
     return int(dep.spec.replicas or 0)
+
+
+# --------------------------------------------------------------------------- routing & analysis
+# Helpers of test_routing_split.py and test_analysis.py (appended; the ones above are shared).
+
+
+def traffic_routing(routing: Routing, name: str) -> dict[str, Any]:
+    """``spec.trafficRouting`` for the route :func:`create_route` makes: the VirtualService's
+    managed entry is "primary" (its first entry, "legacy", is the user's own)."""
+    if routing == "istio":
+        return {"istio": {"virtualService": name, "routeName": "primary"}}
+    if routing == "gatewayAPI":
+        return {"gatewayAPI": {"httpRoute": name}}
+    return {"replicas": {}}
+
+
+def user_rule(route: dict[str, Any], routing: Routing) -> str:
+    """The user's own rule of a route :func:`create_route` made (HTTPRoute rule 1, the
+    VirtualService entry "legacy"), serialised as the API server returned it (key order kept), so
+    equal strings mean a byte-identical rule."""
+    if routing == "gatewayAPI":
+        rule = route["spec"]["rules"][1]
+    else:
+        [rule] = [e for e in route["spec"]["http"] if e.get("name") == "legacy"]
+    return json.dumps(rule)
+
+
+@dataclass(frozen=True)
+class RouteSplit:
+    """The managed rule of a route object: Service -> weight, Service -> mirror percent."""
+
+    generation: int
+    weights: dict[str, int]
+    mirrors: dict[str, int]
+
+    def only(self, service: str) -> bool:
+        """All live traffic to ``service``, nothing mirrored."""
+        live = {s: w for s, w in self.weights.items() if w > 0}
+        return list(live) == [service] and not self.mirrors
+
+
+def _mirror_percent(spec: dict[str, Any]) -> int:
+    if spec.get("percent") is not None:
+        return int(spec["percent"])
+    fraction = spec.get("fraction")
+    if fraction:
+        numerator = int(fraction.get("numerator") or 0)
+        return round(100 * numerator / int(fraction.get("denominator") or 100))
+    return 100
+
+
+def managed_split(api: k8s.ApiClient, namespace: str, routing: Routing, name: str) -> RouteSplit:
+    """Read the route object and return the split of the rule the operator manages (HTTPRoute
+    rule 0, VirtualService entry "primary")."""
+    route = read_route(api, namespace, routing, name)
+    generation = int(route["metadata"].get("generation") or 0)
+    if routing == "gatewayAPI":
+        rule = route["spec"]["rules"][0]
+        refs = rule.get("backendRefs") or []
+        weights = {r["name"]: int(r.get("weight", 1)) for r in refs}
+        mirrors = {
+            f["requestMirror"]["backendRef"]["name"]: _mirror_percent(f["requestMirror"])
+            for f in rule.get("filters") or []
+            if f.get("type") == "RequestMirror"
+        }
+        return RouteSplit(generation, weights, mirrors)
+    [entry] = [e for e in route["spec"]["http"] if e.get("name") == "primary"]
+    dests = entry.get("route") or []
+    weights = {
+        d["destination"]["host"]: int(d.get("weight", 100 if len(dests) == 1 else 0)) for d in dests
+    }
+    mirrors: dict[str, int] = {}
+    if entry.get("mirror"):
+        pct = (entry.get("mirrorPercentage") or {}).get("value", 100)
+        mirrors[entry["mirror"]["host"]] = int(pct)
+    return RouteSplit(generation, weights, mirrors)
+
+
+def observed_generation(stats: dict[str, Any]) -> int:
+    """The route generation that served the gateway's last request."""
+    return int((stats.get("observed") or {}).get("generation") or 0)
+
+
+def prom_range(
+    prometheus_url: str, query: str, start: float, end: float, step: float
+) -> list[tuple[float, float]]:
+    """A range query's first series as (unix time, value) pairs, NaN/Inf dropped ([] when empty)."""
+    r = httpx.get(
+        f"{prometheus_url}/api/v1/query_range",
+        params={"query": query, "start": start, "end": end, "step": step},
+        timeout=20,
+    )
+    r.raise_for_status()
+    result = r.json()["data"]["result"]
+    if not result:
+        return []
+    points = [(float(t), float(v)) for t, v in result[0]["values"]]
+    return [(t, v) for t, v in points if math.isfinite(v)]
+
+
+def history_of(status: dict[str, Any], event: str) -> list[dict[str, Any]]:
+    """The audit entries of one kind (StageEntered, RolledBack, AnalysisHold, ...), in order."""
+    return [h for h in status.get("history") or [] if h.get("event") == event]
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The condition of type ``kind`` ({} when absent)."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+
+
+def parse_time(stamp: str) -> float:
+    """An RFC 3339 status timestamp as unix time."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+# --------------------------------------------------------------------------- audit chain and
+# operator metrics (helpers of test_operations.py and test_plugin_and_gates.py)
+
+
+def audit_problems(status: dict[str, Any]) -> list[str]:
+    """What :func:`modelrollout.audit.verify` finds wrong with status.history (empty: intact)."""
+    from modelrollout import audit
+    from modelrollout.api.models import HistoryEntry
+
+    entries = [HistoryEntry.model_validate(h) for h in status.get("history") or []]
+    return audit.verify(entries)
+
+
+def operator_metric(metrics_url: str, sample: str, **labels: str) -> float | None:
+    """Sum of the operator's ``sample`` series (e.g. ``modelrollout_rollbacks_total``) whose
+    labels include ``labels``; None when no such series is exposed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(metrics_url, timeout=10)
+    r.raise_for_status()
+    values = [
+        s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    return sum(values) if values else None

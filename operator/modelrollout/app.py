@@ -27,6 +27,7 @@ from modelrollout.api.models import (
 )
 from modelrollout.engine.types import Decision, GateResult, Notify, Observation
 from modelrollout.handlers import Memo
+from modelrollout.kube.cache import ObjectCache
 from modelrollout.kube.client import KubeClient, SecretNotFound
 from modelrollout.metrics.prometheus import PrometheusProviderFactory, QueryEvent
 from modelrollout.reconciler import OperatorConfig, Reconciler
@@ -106,7 +107,6 @@ class Webhooks:
 
     async def notify(self, body: dict[str, Any], spec: ModelRolloutSpec, note: Notify) -> None:
         meta = body["metadata"]
-        status = ModelRolloutStatus.model_validate(body.get("status") or {})
         async for hook, url, headers in self._usable(meta["namespace"], spec, WebhookType.NOTIFY):
             await webhooks.notify(
                 hook,
@@ -116,7 +116,7 @@ class Webhooks:
                 namespace=meta["namespace"],
                 rollout=meta["name"],
                 version=spec.model.version,
-                stage=status.stage.name if status.stage else None,
+                stage=note.stage,
                 message=note.message,
             )
 
@@ -143,9 +143,13 @@ def _new_entries(body: dict[str, Any], decision: Decision) -> list[HistoryEntry]
 
 
 def build_memo(
-    api_client: k8s.ApiClient, *, prometheus_url: str | None, history_limit: int = 100
+    api_client: k8s.ApiClient,
+    *,
+    prometheus_url: str | None,
+    history_limit: int = 100,
+    cache: ObjectCache | None = None,
 ) -> Memo:
-    kube = KubeClient(api_client)
+    kube = KubeClient(api_client, cache)
     hooks = Webhooks(kube)
     metrics = observability.METRICS
 
@@ -170,7 +174,9 @@ def build_memo(
             if entry.event == "StageEntered" and entry.to_stage:
                 metrics.stage_transition(namespace, name, entry.to_stage)
             if entry.event == "RolledBack":
-                metrics.rollback(namespace, name, decision.status.rollback_reason or entry.reason)
+                # The entry's reason leads with the code ("AnalysisFailed: ..."); status's
+                # rollbackReason is the free text without it, which would count as "Other".
+                metrics.rollback(namespace, name, entry.reason)
             record = entry.model_dump(mode="json", by_alias=True, exclude_none=True)
             record["decision"] = record.pop("event")  # structlog's own key is "event"
             audit_log.info("audit", namespace=namespace, rollout=name, **record)

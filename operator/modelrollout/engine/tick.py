@@ -55,7 +55,8 @@ class Tick:
         self.signals.append(EmitEvent(kind, reason, message))
 
     def notify(self, event: str, message: str) -> None:
-        self.signals.append(Notify(event, message))
+        stage = self.status.stage.name if self.status.stage else None
+        self.signals.append(Notify(event, message, stage))
 
     def wake_at(self, when: datetime | None) -> None:
         if when is not None:

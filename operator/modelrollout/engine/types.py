@@ -137,6 +137,8 @@ class Notify:
 
     event: str
     message: str
+    stage: str | None = None
+    """The stage when it was decided (one tick may enter the last stage and promote)."""
 
 
 Action = EnsureSlot | ScaleSlot | SetTraffic | EmitEvent | Notify
