@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
-from e2e.harness import OperatorProcess, Rollouts, install_crd
+from e2e.harness import OperatorProcess, Rollouts, install_crd, release_rollouts
 from e2e.lab.controlplane import Lab
 from e2e.scenarios.support import Gateway
 
@@ -20,8 +20,11 @@ def crd(lab: Lab) -> Lab:
 
 
 @pytest.fixture
-def rollouts(crd: Lab, kube_api: k8s.ApiClient, namespace: str) -> Rollouts:
-    return Rollouts(kube_api, namespace)
+def rollouts(crd: Lab, kube_api: k8s.ApiClient, namespace: str) -> Iterator[Rollouts]:
+    yield Rollouts(kube_api, namespace)
+    # The operator may be gone by now (tests kill it); without it nobody would remove the
+    # finalizer and the namespace would stay Terminating on the shared lab forever.
+    release_rollouts(kube_api, namespace)
 
 
 @pytest.fixture

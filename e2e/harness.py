@@ -106,6 +106,32 @@ def install_crd(lab: Lab) -> None:
     wait_for("the ModelRollout CRD to be established", established, timeout=30)
 
 
+def release_rollouts(api_client: k8s.ApiClient, namespace: str) -> None:
+    """Drop the operator's finalizer from every ModelRollout in ``namespace`` (test teardown)."""
+    custom = k8s.CustomObjectsApi(api_client)
+    try:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    for item in items:
+        if item["metadata"].get("finalizers"):
+            try:
+                custom.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    item["metadata"]["name"],
+                    {"metadata": {"finalizers": None}},
+                    _content_type="application/merge-patch+json",
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
 class OperatorProcess:
     """``modelrollout run`` against the lab, as a child process the test controls."""
 
