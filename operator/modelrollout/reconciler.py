@@ -15,6 +15,7 @@ Ordering of side effects (what an operator restart between any two of them sees)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from modelrollout import engine
@@ -92,6 +94,9 @@ class Reconciler:
     register_secret: Callable[[str], None] | None = None
     router_factory: Callable[..., TrafficRouter] = make_router
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    # (namespace, name) -> (generation, problem): the apiserver refused a slot built from that
+    # generation's spec (e.g. an invalid pod template); held as invalid until the spec changes.
+    _refused: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision | None:
         started = time.perf_counter()
@@ -101,6 +106,11 @@ class Reconciler:
         generation = int(meta.get("generation") or 0)
 
         problems = [str(p) for p in validation.validate(body)]
+        refused = self._refused.get((namespace, name))
+        if refused is not None and refused[0] == generation:
+            problems.append(refused[1])
+        elif refused is not None:
+            del self._refused[(namespace, name)]  # a new spec: try again
         try:
             spec = ModelRolloutSpec.model_validate(body.get("spec") or {})
         except ValidationError:
@@ -218,7 +228,18 @@ class Reconciler:
             replicas = action.replicas
             if replica_routing:
                 replicas = replica_ratio_count(spec, status, action.slot, replicas)
-            await self.kube.ensure_slot(body, spec, action.slot, action.model, replicas)
+            try:
+                await self.kube.ensure_slot(body, spec, action.slot, action.model, replicas)
+            except ApiException as exc:
+                if exc.status not in (400, 422):
+                    raise
+                # The spec (its pod template) cannot make a valid Deployment: that is bad input,
+                # reported as such by the next reconcile, not an error retried forever.
+                self._refused[(namespace, name)] = (
+                    int(meta.get("generation") or 0),
+                    f"spec.template: the apiserver refused Deployment "
+                    f"{slot_name(name, action.slot)}: {_api_message(exc)}",
+                )
         elif isinstance(action, ScaleSlot):
             await self.kube.scale_slot(namespace, name, action.slot, action.replicas)
         elif isinstance(action, EmitEvent):
@@ -337,6 +358,15 @@ def replica_ratio_count(
     if slot == status.stable_slot:
         return stable_n
     return max(1, candidate_n)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The apiserver's own explanation of a refused request (its Status message)."""
+    try:
+        message = json.loads(exc.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or exc.status)[:1000]
 
 
 def _parse_status(raw: dict[str, Any] | None) -> ModelRolloutStatus:

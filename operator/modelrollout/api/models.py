@@ -35,6 +35,11 @@ ANNOTATION_COMMAND = f"{GROUP}/command"
 ANNOTATION_COMMAND_BY = f"{GROUP}/command-by"
 
 
+MAX_DURATION = timedelta(days=366)
+"""Longest duration accepted anywhere in a spec: the engine adds durations to timestamps, and
+one that runs past the year 9999 would fail every reconcile instead of being reported."""
+
+
 def _check_duration(value: str) -> str:
     try:
         parsed = durationpy.from_str(value)
@@ -42,6 +47,8 @@ def _check_duration(value: str) -> str:
         raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 1h30m") from exc
     if parsed < timedelta(0):
         raise ValueError(f"{value!r} is negative")
+    if parsed > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than the 8784h (366 days) allowed")
     return value
 
 

@@ -41,6 +41,7 @@ from modelrollout.api.models import (
     WebhookSpec,
     parse_duration,
 )
+from modelrollout.metrics.templates import TemplateError, validate_query
 
 MAX_SPEC_BYTES: Final = 256 * 1024
 """Largest spec accepted, as compact JSON: the object, its status and audit history together
@@ -384,6 +385,11 @@ def _check_metric(metric: MetricCheck, path: str, stage_names: Sequence[str]) ->
         yield Problem(
             f"{path}.min", f"must be below max (got min {metric.min:g}, max {metric.max:g})"
         )
+    if metric.query is not None:
+        try:
+            validate_query(metric.query)
+        except TemplateError as exc:
+            yield Problem(f"{path}.query", str(exc))
     if metric.template == MetricTemplate.ERROR_RATE:
         for name, bound in (("min", metric.min), ("max", metric.max)):
             if bound is not None and not 0 <= bound <= 1:

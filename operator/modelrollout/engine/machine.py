@@ -375,6 +375,8 @@ def _gates_open(t: Tick, types: frozenset[WebhookType]) -> bool:
     stage.gates_checked_at = t.now
     answers = {g.name: t.obs.gates.get(g.name, GateResult.CLOSED) for g in gates}
     if all(a is GateResult.OPEN for a in answers.values()):
+        # The gates answered: their timeout streak is over (it must not hold the stage later).
+        st.analysis.inconclusive = 0
         return True
     timed_out = [name for name, a in answers.items() if a is GateResult.TIMEOUT]
     limit = record_gate_round(spec, st.analysis, timed_out)
