@@ -80,8 +80,14 @@ async def drive(
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def wake_on_change(body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any) -> None:
-    """Wake the rollout's daemon when its spec or manual command changed (not on status writes)."""
+async def wake_on_change(
+    body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any
+) -> None:
+    """Wake the rollout's daemon when its spec or manual command changed (not on status writes).
+
+    Async on purpose: kopf runs a sync handler in a worker thread, and ``asyncio.Event.set()``
+    is not thread-safe (the daemon might not wake until the loop wakes for something else).
+    """
     key = (namespace or "", name)
     fingerprint = (
         body.metadata.get("generation"),

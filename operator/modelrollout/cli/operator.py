@@ -9,6 +9,7 @@ import os
 import random
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -17,6 +18,9 @@ from kubernetes import config as k8s_config
 
 from modelrollout import __version__
 from modelrollout.api.models import GROUP, PLURAL
+
+API_CONNECTIONS = 32
+"""Connections to the apiserver (urllib3 pool) and threads making the reconciler's calls."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peering priority; the highest live one is active (default: random)",
     )
+    run.add_argument(
+        "--peering-lifetime",
+        type=_positive_int,
+        default=60,
+        metavar="SECONDS",
+        help="how long a replica's peering record stays valid: a standby takes over at most "
+        "this long after the active replica died (default 60)",
+    )
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--history-limit", type=int, default=100, help="audit entries kept in status")
+    run.add_argument(
+        "--watch-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read the slots' Deployments and Services and the routes from watches instead of "
+        "GETs on every tick",
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 def _selectors(raw: Sequence[str]) -> dict[str, str]:
@@ -96,23 +125,30 @@ def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration
             )
-    configuration.connection_pool_maxsize = 32
+    configuration.connection_pool_maxsize = API_CONNECTIONS
     return k8s.ApiClient(configuration)
 
 
 def run(args: argparse.Namespace) -> None:
     from modelrollout import handlers, observability
     from modelrollout.app import build_memo
+    from modelrollout.kube.cache import ObjectCache
+    from modelrollout.routing import gateway_api, istio
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     observability.configure_logging(args.log_level, args.log_format)
     api_client = _api_client(args.kubeconfig)
-    memo = build_memo(
-        api_client, prometheus_url=args.prometheus_url, history_limit=args.history_limit
-    )
     selectors = _selectors(args.selector)
     namespaces = list(args.namespace)
+    routes = [(m.GROUP, m.VERSION, m.PLURAL) for m in (gateway_api, istio)]
+    cache = ObjectCache(api_client, namespaces, routes) if args.watch_cache else None
+    memo = build_memo(
+        api_client,
+        prometheus_url=args.prometheus_url,
+        history_limit=args.history_limit,
+        cache=cache,
+    )
 
     @kopf.on.login()
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -151,19 +187,34 @@ def run(args: argparse.Namespace) -> None:
             settings.peering.priority = (
                 args.priority if args.priority is not None else random.randint(1, 2**31)
             )
+            settings.peering.lifetime = args.peering_lifetime
         if args.metrics_port:
             observability.start_metrics_server(args.metrics_port, args.metrics_host)
 
     assert handlers  # registrations happen at import
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=not args.peering,
-            peering_name=args.peering,
-            memo=memo,
+
+    async def operate() -> None:
+        # The reconciler's Kubernetes calls run in asyncio's default executor (to_thread), whose
+        # stock size is min(32, CPUs + 4): 6 threads on a 2-CPU node queue the calls of a few
+        # hundred rollouts behind each other. One thread per pooled connection instead.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=API_CONNECTIONS, thread_name_prefix="kube")
         )
-    )
+        if cache is not None:
+            cache.start()
+        try:
+            await kopf.operator(
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=not args.peering,
+                peering_name=args.peering,
+                memo=memo,
+            )
+        finally:
+            if cache is not None:
+                cache.stop()
+
+    asyncio.run(operate())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """The Kubernetes calls the reconciler makes: slots, status, secrets.
 
 The official client is synchronous; every call here runs in a worker thread so the operator's
-event loop never blocks on the network.
+event loop never blocks on the network. With an :class:`~modelrollout.kube.cache.ObjectCache`,
+Deployments and Services are read from it when it has them (see there for when that is safe).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelrollout.api.models import GROUP, PLURAL, VERSION, ModelRef, ModelRolloutSpec
 from modelrollout.engine.types import Slot
+from modelrollout.kube.cache import DEPLOYMENTS, SERVICES, ObjectCache
 from modelrollout.kube.workloads import (
     ANNOTATION_DIGEST,
     ANNOTATION_URI,
@@ -35,6 +37,12 @@ def _json(response: Any) -> dict[str, Any]:
     return data
 
 
+def _release(response: Any) -> None:
+    """Read and drop a write's answer. With ``_preload_content=False`` an unread response keeps
+    its connection out of urllib3's pool, so the next call opens a new TLS connection."""
+    response.drain_conn()
+
+
 def _template_identity(deployment: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     annotations = (
         ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
@@ -46,16 +54,43 @@ def _template_identity(deployment: dict[str, Any]) -> tuple[str | None, str | No
     )
 
 
+def _service_matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    cur_spec = current.get("spec") or {}
+    ports = [
+        {k: p.get(k) for k in ("name", "port", "targetPort", "protocol")}
+        for p in cur_spec.get("ports") or []
+    ]
+    return bool(
+        cur_spec.get("selector") == wanted["spec"]["selector"] and ports == wanted["spec"]["ports"]
+    )
+
+
 class KubeClient:
-    def __init__(self, api_client: k8s.ApiClient) -> None:
+    def __init__(self, api_client: k8s.ApiClient, cache: ObjectCache | None = None) -> None:
         self.api_client = api_client
+        self.cache = cache
         self.apps = k8s.AppsV1Api(api_client)
         self.core = k8s.CoreV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
 
     # ------------------------------------------------------------------ reads
 
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_deployment(
+        self, namespace: str, name: str, *, confirm_absence: bool = False
+    ) -> dict[str, Any] | None:
+        """The Deployment (from the cache when it has it: read it, never modify it), or None.
+
+        With a live cache an absent Deployment is taken as absent (a slot that does not exist
+        yet, e.g. slot b before the first rollout, would otherwise cost a GET on every tick);
+        ``confirm_absence`` asks the apiserver instead, before anything is created.
+        """
+        if self.cache is not None:
+            cached = self.cache.get(DEPLOYMENTS, namespace, name)
+            if cached is not None:
+                return cached
+            if not confirm_absence and self.cache.live(DEPLOYMENTS):
+                return None
+
         def call() -> dict[str, Any] | None:
             try:
                 return _json(
@@ -110,16 +145,20 @@ class KubeClient:
         namespace = owner["metadata"]["namespace"]
         name = slot_name(owner["metadata"]["name"], slot)
         wrote = await self._ensure_service(owner, spec, slot)
-        current = await self.get_deployment(namespace, name)
+        current = await self.get_deployment(namespace, name, confirm_absence=True)
         wanted = build_deployment(owner, spec, slot, model, replicas)
 
         def create() -> None:
-            self.apps.create_namespaced_deployment(
-                namespace, cast(Any, wanted), _preload_content=False
+            _release(
+                self.apps.create_namespaced_deployment(
+                    namespace, cast(Any, wanted), _preload_content=False
+                )
             )
 
         def patch(body: Any) -> None:
-            self.apps.patch_namespaced_deployment(name, namespace, body, _preload_content=False)
+            _release(
+                self.apps.patch_namespaced_deployment(name, namespace, body, _preload_content=False)
+            )
 
         if current is None:
             await asyncio.to_thread(create)
@@ -149,6 +188,10 @@ class KubeClient:
         namespace = owner["metadata"]["namespace"]
         wanted = build_service(owner, spec, slot)
         name = wanted["metadata"]["name"]
+        if self.cache is not None:
+            cached = self.cache.get(SERVICES, namespace, name)
+            if cached is not None and _service_matches(cached, wanted):
+                return False
 
         def call() -> bool:
             try:
@@ -158,30 +201,26 @@ class KubeClient:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-                self.core.create_namespaced_service(
-                    namespace, cast(Any, wanted), _preload_content=False
+                _release(
+                    self.core.create_namespaced_service(
+                        namespace, cast(Any, wanted), _preload_content=False
+                    )
                 )
                 return True
-            cur_spec = current.get("spec") or {}
-            ports = [
-                {k: p.get(k) for k in ("name", "port", "targetPort", "protocol")}
-                for p in cur_spec.get("ports") or []
-            ]
-            if (
-                cur_spec.get("selector") == wanted["spec"]["selector"]
-                and ports == wanted["spec"]["ports"]
-            ):
+            if _service_matches(current, wanted):
                 return False
-            self.core.patch_namespaced_service(
-                name,
-                namespace,
-                {
-                    "spec": {
-                        "selector": wanted["spec"]["selector"],
-                        "ports": wanted["spec"]["ports"],
-                    }
-                },
-                _preload_content=False,
+            _release(
+                self.core.patch_namespaced_service(
+                    name,
+                    namespace,
+                    {
+                        "spec": {
+                            "selector": wanted["spec"]["selector"],
+                            "ports": wanted["spec"]["ports"],
+                        }
+                    },
+                    _preload_content=False,
+                )
             )
             return True
 
@@ -189,13 +228,15 @@ class KubeClient:
 
     async def scale_slot(self, namespace: str, rollout: str, slot: Slot, replicas: int) -> bool:
         name = slot_name(rollout, slot)
-        current = await self.get_deployment(namespace, name)
+        current = await self.get_deployment(namespace, name, confirm_absence=True)
         if current is None or (current.get("spec") or {}).get("replicas") == replicas:
             return False
 
         def call() -> None:
-            self.apps.patch_namespaced_deployment(
-                name, namespace, {"spec": {"replicas": replicas}}, _preload_content=False
+            _release(
+                self.apps.patch_namespaced_deployment(
+                    name, namespace, {"spec": {"replicas": replicas}}, _preload_content=False
+                )
             )
 
         await asyncio.to_thread(call)
@@ -205,15 +246,17 @@ class KubeClient:
         """Merge-patch the status subresource. ``None`` values delete fields."""
 
         def call() -> None:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": status},
-                _preload_content=False,
-                _content_type="application/merge-patch+json",
+            _release(
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    {"status": status},
+                    _preload_content=False,
+                    _content_type="application/merge-patch+json",
+                )
             )
 
         await asyncio.to_thread(call)

@@ -2,7 +2,9 @@
 
 The reconciler calls :func:`run_checks` once per analysis interval. Three kinds of check:
 
-* threshold (``min``/``max``): one instant query for the candidate Service;
+* threshold (``min``/``max``): one instant query for the candidate Service (a built-in
+  template rates over the time since the stage became ready, clamped to between one and
+  :data:`RATE_WINDOW_INTERVALS` analysis intervals, see :func:`rate_window`);
 * comparison (``compare``): the same query as a range query over the analysis window for the
   candidate and the stable Service, compared with Mann-Whitney U;
 * drift (``template: prediction-psi``): the candidate's and the stable's prediction-score
@@ -45,6 +47,9 @@ from modelrollout.metrics.verdicts import (
 
 MAX_RANGE_POINTS = 10_000
 """Prometheus refuses range queries of more than 11,000 points per series; stay below."""
+
+RATE_WINDOW_INTERVALS = 2
+"""At most this many analysis intervals in a built-in threshold template's rate window."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,22 @@ def analysis_window(
     return max(now - stage_ready_at, interval)
 
 
+def rate_window(now: datetime, stage_ready_at: datetime | None, interval: timedelta) -> timedelta:
+    """The ``{{ interval }}`` of a built-in threshold template: the time since the stage became
+    ready, at least one analysis interval and at most :data:`RATE_WINDOW_INTERVALS`.
+
+    Over exactly one interval, consecutive runs' windows only abut, and the increase between the
+    last scrape of one window and the first of the next falls in neither: at a 2s interval over
+    1s scrapes half of the requests are never looked at, and a rare 5xx shows in Prometheus and
+    is gone before the next run. Over two, windows overlap, so every scrape-to-scrape increase is
+    seen by a run (when scrapes are at least as frequent as runs). Never reaching back before the
+    stage keeps a stage's verdicts about its own traffic (e.g. not the shadow's mirrored requests
+    in the first canary run when the check skips shadow).
+    """
+    since_ready = analysis_window(now, stage_ready_at, interval)
+    return min(since_ready, interval * RATE_WINDOW_INTERVALS)
+
+
 def _range_step(window: timedelta, step: timedelta) -> float:
     return max(step.total_seconds(), window.total_seconds() / MAX_RANGE_POINTS)
 
@@ -167,7 +188,8 @@ async def _judge(
         )
         return judge_drift(cand_vec, stab_vec, check.min, check.max), f"PSI {bound}", cand_query
 
-    cand_query = render(template, candidate_vars)
+    own_window = rate_window(now, stage_ready_at, ctx.interval) if check.template else None
+    cand_query = render(template, ctx.variables(ctx.candidate_service, own_window))
     outcome = await provider.query(cand_query, now)
     return judge_threshold(outcome, check.min, check.max), bound, cand_query
 

@@ -6,7 +6,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import mannwhitneyu
 
 from modelrollout.api.models import Direction
 
@@ -34,6 +33,10 @@ def mann_whitney_p(
         raise ValueError("both samples must be non-empty")
     if len(set(candidate) | set(stable)) == 1:
         return 1.0
+    # Imported on first use: scipy.stats costs ~60 MiB of resident memory, and an operator
+    # whose rollouts have no comparison check never needs it.
+    from scipy.stats import mannwhitneyu
+
     result = mannwhitneyu(candidate, stable, alternative=_ALTERNATIVE[direction])
     return float(result.pvalue)
 

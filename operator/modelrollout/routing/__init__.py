@@ -7,6 +7,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from modelrollout.api.models import ModelRolloutSpec, ReplicaRatioRouting
+from modelrollout.kube.cache import ObjectCache
 from modelrollout.routing.base import DesiredRoutes, RouteNotFound, RoutingError, TrafficRouter
 from modelrollout.routing.gateway_api import GatewayAPIRouter
 from modelrollout.routing.istio import IstioRouter
@@ -21,16 +22,23 @@ def make_router(
     rollout_name: str,
     spec: ModelRolloutSpec,
     owner: dict[str, Any] | None = None,
+    cache: ObjectCache | None = None,
 ) -> TrafficRouter:
     """The router ``spec.trafficRouting`` names. ``owner`` (the ModelRollout object, or an
-    ownerReference) owns what the router creates: only the replica-ratio router creates anything."""
+    ownerReference) owns what the router creates: only the replica-ratio router creates anything.
+    ``cache``: route objects are observed from it when it has them."""
     routing = spec.traffic_routing
     if routing.gateway_api is not None:
         return GatewayAPIRouter(
-            api_client, namespace, rollout_name, routing.gateway_api, port=spec.service.port
+            api_client,
+            namespace,
+            rollout_name,
+            routing.gateway_api,
+            port=spec.service.port,
+            cache=cache,
         )
     if routing.istio is not None:
-        return IstioRouter(api_client, namespace, rollout_name, routing.istio)
+        return IstioRouter(api_client, namespace, rollout_name, routing.istio, cache=cache)
     return ReplicaRatioRouter(
         api_client,
         namespace,

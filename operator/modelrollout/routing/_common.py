@@ -28,6 +28,7 @@ from tenacity import (
 )
 
 from modelrollout.engine.types import RouteState
+from modelrollout.kube.cache import ObjectCache
 from modelrollout.kube.workloads import slot_name
 from modelrollout.routing.base import DesiredRoutes, RouteNotFound, RoutingError
 
@@ -134,10 +135,17 @@ class CustomObjectRouter:
     retry_initial_wait = 0.05  # seconds; doubles per attempt, with jitter
     retry_max_wait = 1.0
 
-    def __init__(self, ref: ObjectRef, editor: RouteEditor, custom_api: Any) -> None:
+    def __init__(
+        self,
+        ref: ObjectRef,
+        editor: RouteEditor,
+        custom_api: Any,
+        cache: ObjectCache | None = None,
+    ) -> None:
         self.ref = ref
         self.editor = editor
         self._api = custom_api
+        self._cache = cache
 
     async def read(self) -> Body:
         def call() -> Body:
@@ -204,7 +212,13 @@ class CustomObjectRouter:
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def observe(self) -> RouteState:
-        return self.editor.parse(await self.read())
+        """What the object routes now: from the watch cache when it has the object (a change
+        shows a tick later at worst), else read. :meth:`apply` always reads afresh."""
+        cached = None
+        if self._cache is not None:
+            kind = (self.ref.group, self.ref.version, self.ref.plural)
+            cached = self._cache.get(kind, self.ref.namespace, self.ref.name)
+        return self.editor.parse(cached if cached is not None else await self.read())
 
     async def verify(self, desired: DesiredRoutes) -> bool:
         return compute_patch(self.editor, await self.read(), desired) is None

@@ -30,6 +30,7 @@ from kubernetes import client as k8s
 
 from modelrollout.api.models import GatewayAPIRouting
 from modelrollout.engine.types import RouteState
+from modelrollout.kube.cache import ObjectCache
 from modelrollout.routing._common import (
     Body,
     CustomObjectRouter,
@@ -203,6 +204,7 @@ class GatewayAPIRouter(CustomObjectRouter):
         *,
         port: int,
         custom_api: Any = None,
+        cache: ObjectCache | None = None,
     ) -> None:
         editor = HTTPRouteEditor(
             namespace=namespace,
@@ -212,4 +214,4 @@ class GatewayAPIRouter(CustomObjectRouter):
             port=port,
         )
         ref = ObjectRef(GROUP, VERSION, PLURAL, KIND, namespace, routing.http_route)
-        super().__init__(ref, editor, custom_api or k8s.CustomObjectsApi(api_client))
+        super().__init__(ref, editor, custom_api or k8s.CustomObjectsApi(api_client), cache)

@@ -29,6 +29,7 @@ from kubernetes import client as k8s
 
 from modelrollout.api.models import IstioRouting
 from modelrollout.engine.types import RouteState
+from modelrollout.kube.cache import ObjectCache
 from modelrollout.routing._common import (
     Body,
     CustomObjectRouter,
@@ -201,6 +202,7 @@ class IstioRouter(CustomObjectRouter):
         routing: IstioRouting,
         *,
         custom_api: Any = None,
+        cache: ObjectCache | None = None,
     ) -> None:
         editor = VirtualServiceEditor(
             namespace=namespace,
@@ -209,4 +211,4 @@ class IstioRouter(CustomObjectRouter):
             route_name=routing.route_name,
         )
         ref = ObjectRef(GROUP, VERSION, PLURAL, KIND, namespace, routing.virtual_service)
-        super().__init__(ref, editor, custom_api or k8s.CustomObjectsApi(api_client))
+        super().__init__(ref, editor, custom_api or k8s.CustomObjectsApi(api_client), cache)

@@ -317,13 +317,19 @@ class KubeWorkloadAPI:
 
         return await asyncio.to_thread(call)
 
+    @staticmethod
+    async def _write(call: Any, *args: Any, **kwargs: Any) -> None:
+        """Run a write and drop its answer: an unread ``_preload_content=False`` response keeps
+        its connection out of urllib3's pool (the next call would open a new TLS connection)."""
+        response = await asyncio.to_thread(call, *args, _preload_content=False, **kwargs)
+        response.drain_conn()
+
     async def scale_deployment(self, name: str, replicas: int) -> None:
-        await asyncio.to_thread(
+        await self._write(
             self.apps.patch_namespaced_deployment,
             name,
             self.namespace,
             {"spec": {"replicas": replicas}},
-            _preload_content=False,
         )
 
     async def get_service(self, name: str) -> Body | None:
@@ -342,17 +348,14 @@ class KubeWorkloadAPI:
     async def create_service(self, body: Body) -> None:
         payload: Any = body  # the client takes a plain dict as well as a V1Service
 
-        await asyncio.to_thread(
-            self.core.create_namespaced_service, self.namespace, payload, _preload_content=False
-        )
+        await self._write(self.core.create_namespaced_service, self.namespace, payload)
 
     async def patch_service(self, name: str, patch: Body) -> None:
-        await asyncio.to_thread(
+        await self._write(
             self.core.patch_namespaced_service,
             name,
             self.namespace,
             patch,
-            _preload_content=False,
             _content_type="application/merge-patch+json",
         )
 

@@ -68,7 +68,7 @@ class FakeVectorProvider(FakeProvider):
 
     async def query_vector(self, promql: str, at: datetime | None = None) -> VectorOutcome:
         self.vectors.append(promql)
-        per_bucket = [50.0, 50.0] if 'service="fraud-b"' in promql else [90.0, 10.0]
+        per_bucket = [500.0, 500.0] if 'service="fraud-b"' in promql else [900.0, 100.0]
         return Vector(
             (
                 Series({"le": "0.5"}, per_bucket[0]),
@@ -97,6 +97,34 @@ async def test_threshold_check_queries_the_candidate_at_now() -> None:
     assert at == NOW
     assert result.query == query
     assert 'namespace="ml",service="fraud-b"' in query and "[60s]" in query
+
+
+@pytest.mark.parametrize(
+    ("ready_for", "window"),
+    [
+        (timedelta(seconds=30), "[60s]"),
+        (timedelta(seconds=90), "[90s]"),
+        (timedelta(minutes=7), "[120s]"),
+        (None, "[60s]"),
+    ],
+)
+async def test_a_builtin_threshold_rates_since_the_stage_began_up_to_two_intervals(
+    ready_for: timedelta | None, window: str
+) -> None:
+    # Two intervals at most, so consecutive runs' windows overlap and no scrape-to-scrape
+    # increase falls between them; never before the stage began.
+    provider = FakeProvider()
+    ready_at = NOW - ready_for if ready_for is not None else None
+    [result] = await run_checks([ERROR_RATE], CTX, provider, NOW, ready_at)
+    assert result.query is not None and result.query.count(window) == 2, result.query
+
+
+async def test_a_custom_threshold_query_gets_the_analysis_interval() -> None:
+    query = 'rate(x{service="{{ target }}"}[{{ interval }}])'
+    check = MetricCheck(name="custom", query=query, max=1)
+    ready_at = NOW - timedelta(minutes=7)
+    [result] = await run_checks([check], CTX, FakeProvider(), NOW, ready_at)
+    assert result.query == 'rate(x{service="fraud-b"}[60s])'
 
 
 async def test_healthy_threshold_is_successful() -> None:

@@ -194,8 +194,9 @@ def _histogram(per_bucket: list[float]) -> Vector:
     )
 
 
-GOOD = [2.0, 3, 5, 10, 20, 20, 15, 10, 10, 5]
-SHIFTED = [10.0, 10, 15, 20, 20, 10, 5, 5, 3, 2]
+# 1000 observations each: enough for a verdict (MIN_DISTRIBUTION_OBSERVATIONS is 500).
+GOOD = [10 * g for g in (2.0, 3, 5, 10, 20, 20, 15, 10, 10, 5)]
+SHIFTED = [10 * g for g in (10.0, 10, 15, 20, 20, 10, 5, 5, 3, 2)]
 
 
 def test_drift_identical_distribution_passes() -> None:
@@ -209,7 +210,7 @@ def test_drift_shifted_distribution_fails() -> None:
     assert judged.verdict is F
     assert judged.value is not None and judged.value > 0.2
     assert judged.message.startswith("PSI ")
-    assert "candidate 100 observations, stable 100" in judged.message
+    assert "candidate 1000 observations, stable 1000" in judged.message
 
 
 def test_drift_too_few_observations_is_inconclusive() -> None:

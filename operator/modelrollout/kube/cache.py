@@ -1,0 +1,241 @@
+"""A watch-fed, read-mostly cache of what the operator reads on every tick: its own Deployments
+and Services, and the route objects (HTTPRoutes, VirtualServices) of the watched namespaces.
+
+Every tick of every rollout reads the route and both slot Deployments (readiness) and, for each
+slot it re-asserts, that slot's Service and Deployment again: seven GETs a tick, most of the
+operator's CPU and of its apiserver load at a few hundred rollouts (docs/performance.md). One
+list+watch per kind (per watched namespace, or cluster-wide; the operator's own objects by the
+label it puts on them) keeps them in memory instead.
+
+Consistency: the cache trails the apiserver by the watch latency (milliseconds). It is only
+used where a stale answer is harmless and healed by the next tick:
+
+- observing a slot or a route (a change shows one tick later at worst);
+- deciding that a slot needs no write (an object that already matches is left alone).
+
+A miss is always confirmed with a GET, so an object is only ever created after the apiserver
+said it does not exist; a route is always read fresh before it is patched (the patch carries a
+resourceVersion test). Before a kind's first list completes, after a watch broke, or while its
+CRD is not installed, every read misses and falls back to a GET.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import structlog
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from modelrollout.kube.workloads import LABEL_ROLLOUT
+
+log = structlog.get_logger("modelrollout.cache")
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+Kind = tuple[str, str, str]
+"""(group, version, plural)."""
+DEPLOYMENTS: Kind = ("apps", "v1", "deployments")
+SERVICES: Kind = ("", "v1", "services")
+WATCH_TIMEOUT_S = 300
+MAX_BACKOFF_S = 30.0
+ABSENT_BACKOFF_S = 60.0  # a route CRD that is not installed (yet): look again now and then
+
+
+class _Relist(Exception):
+    """The watch cannot resume (410 Gone): list again."""
+
+
+def _key(obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _trim(obj: Obj) -> Obj:
+    """Drop managedFields: nothing reads them, and they are a third of a Deployment's size."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
+class _Watch:
+    """One list+watch loop (one kind, one namespace or all) in a daemon thread."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        list_func: Callable[..., Any],
+        store: dict[Key, Obj],
+        stop: threading.Event,
+        namespace: str | None,
+        selector: str | None = LABEL_ROLLOUT,
+    ) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self._list = list_func
+        self._store = store
+        self._stop = stop
+        self._live = False
+        self._selector = {"label_selector": selector} if selector else {}
+        self._thread = threading.Thread(
+            target=self._run, name=f"cache-{kind[2]}-{namespace or 'all'}", daemon=True
+        )
+
+    @property
+    def live(self) -> bool:
+        """The initial list is done and the watch has not broken since."""
+        return self._live
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _owns(self, key: Key) -> bool:
+        return self.namespace is None or key[0] == self.namespace
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                rv = self._relist()
+                failures = 0
+                while not self._stop.is_set():
+                    rv = self._watch(rv)
+            except _Relist:
+                log.debug("watch expired; listing again", kind=self.kind)
+            except Exception as exc:
+                self._live = False
+                failures += 1
+                absent = isinstance(exc, ApiException) and exc.status == 404
+                delay = ABSENT_BACKOFF_S if absent else min(2.0 ** (failures - 1), MAX_BACKOFF_S)
+                (log.debug if absent and failures > 1 else log.warning)(
+                    "cache watch failed; reading from the apiserver meanwhile",
+                    kind="/".join(self.kind),
+                    namespace=self.namespace,
+                    error=f"HTTP {exc.status}" if isinstance(exc, ApiException) else str(exc)[:300],
+                    retry_in_s=delay,
+                )
+                self._stop.wait(delay)
+
+    def _relist(self) -> str:
+        self._live = False
+        resp = self._list(**self._selector, _preload_content=False, _request_timeout=(10, 60))
+        doc = json.loads(resp.data)
+        fresh = {_key(item): _trim(item) for item in doc.get("items") or []}
+        for key in [k for k in self._store if self._owns(k) and k not in fresh]:
+            self._store.pop(key, None)
+        self._store.update(fresh)
+        self._live = True
+        return str(doc["metadata"]["resourceVersion"])
+
+    def _events(self, rv: str) -> Iterator[Obj]:
+        resp = self._list(
+            **self._selector,
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_TIMEOUT_S,
+            _preload_content=False,
+            _request_timeout=(10, WATCH_TIMEOUT_S + 30),
+        )
+        try:
+            for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
+                if line:
+                    yield json.loads(line)
+        finally:
+            resp.release_conn()
+
+    def _watch(self, rv: str) -> str:
+        for event in self._events(rv):
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise _Relist()
+                raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+            if kind == "DELETED":
+                self._store.pop(_key(obj), None)
+            elif kind in ("ADDED", "MODIFIED"):
+                self._store[_key(obj)] = _trim(obj)
+            if self._stop.is_set():
+                break
+        return rv
+
+
+class ObjectCache:
+    """The operator's Deployments and Services, and the route objects, kept up to date by watches.
+
+    ``namespaces`` empty means cluster-wide. ``routes`` are the (group, version, plural) of the
+    route kinds to watch (all objects, not only labelled ones: the user owns them). Returned
+    objects are shared: read them, never modify them.
+    """
+
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        namespaces: Sequence[str] = (),
+        routes: Sequence[Kind] = (),
+    ) -> None:
+        # A client of its own: the watches hold their connections for minutes, and must not
+        # take them from the pool the reconciler's calls use.
+        own = k8s.ApiClient(api_client.configuration)
+        apps, core, custom = k8s.AppsV1Api(own), k8s.CoreV1Api(own), k8s.CustomObjectsApi(own)
+        self._stop = threading.Event()
+        kinds = [DEPLOYMENTS, SERVICES, *routes]
+        self._stores: dict[Kind, dict[Key, Obj]] = {kind: {} for kind in kinds}
+        self._watches: dict[Kind, list[_Watch]] = {kind: [] for kind in kinds}
+        scopes: list[str | None] = [*namespaces] or [None]
+        for scope in scopes:
+            ns = (scope,) if scope is not None else ()
+            funcs: dict[Kind, Callable[..., Any]] = {
+                DEPLOYMENTS: _bind(apps.list_namespaced_deployment, *ns)
+                if ns
+                else apps.list_deployment_for_all_namespaces,
+                SERVICES: _bind(core.list_namespaced_service, *ns)
+                if ns
+                else core.list_service_for_all_namespaces,
+            }
+            for group, version, plural in routes:
+                funcs[(group, version, plural)] = (
+                    _bind(custom.list_namespaced_custom_object, group, version, *ns, plural)
+                    if ns
+                    else _bind(custom.list_cluster_custom_object, group, version, plural)
+                )
+            for kind, func in funcs.items():
+                selector = LABEL_ROLLOUT if kind in (DEPLOYMENTS, SERVICES) else None
+                self._watches[kind].append(
+                    _Watch(kind, func, self._stores[kind], self._stop, scope, selector)
+                )
+
+    def start(self) -> ObjectCache:
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def live(self, kind: Kind) -> bool:
+        watches = self._watches.get(kind) or []
+        return bool(watches) and all(w.live for w in watches)
+
+    def get(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        """The cached object, or None (not cached yet, absent, not watched, or not live)."""
+        if not self.live(kind):
+            return None
+        return self._stores[kind].get((namespace, name))
+
+    def __len__(self) -> int:
+        return sum(len(store) for store in self._stores.values())
+
+
+def _bind(func: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    def call(**kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return call

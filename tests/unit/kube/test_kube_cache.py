@@ -1,0 +1,231 @@
+"""The watch-fed cache of Deployments and Services, and the KubeClient reads that use it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from modelrollout.api.models import ModelRolloutSpec
+from modelrollout.kube.cache import DEPLOYMENTS, SERVICES, ObjectCache, _Relist, _Watch
+from modelrollout.kube.client import KubeClient
+from modelrollout.kube.workloads import LABEL_ROLLOUT, build_service
+from modelrollout.routing import make_router
+
+HTTPROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+def obj(name: str, namespace: str = "ns", rv: str = "1", **extra: Any) -> dict[str, Any]:
+    meta = {"name": name, "namespace": namespace, "resourceVersion": rv, "managedFields": [{}]}
+    return {"metadata": meta, **extra}
+
+
+class FakeResponse:
+    def __init__(self, data: Any = None, lines: list[dict[str, Any]] | None = None) -> None:
+        self.data = json.dumps(data).encode() if data is not None else b""
+        self._lines = lines or []
+        self.released = False
+
+    def stream(self, amt: Any = None, decode_content: bool = False) -> Any:
+        for line in self._lines:
+            yield (json.dumps(line) + "\n").encode()
+
+    def release_conn(self) -> None:
+        self.released = True
+
+    def drain_conn(self) -> None:
+        self.released = True
+
+
+class FakeList:
+    """A list function: the list answers, then one watch stream per call."""
+
+    def __init__(self, items: list[dict[str, Any]], rv: str = "10") -> None:
+        self.items = items
+        self.rv = rv
+        self.streams: list[list[dict[str, Any]]] = []
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> FakeResponse:
+        self.calls.append(kwargs)
+        if kwargs.get("watch"):
+            return FakeResponse(lines=self.streams.pop(0) if self.streams else [])
+        return FakeResponse({"metadata": {"resourceVersion": self.rv}, "items": self.items})
+
+
+def watch(fake: FakeList, store: dict[Any, Any], namespace: str | None = "ns") -> _Watch:
+    return _Watch(DEPLOYMENTS, fake, store, threading.Event(), namespace)
+
+
+def test_a_list_fills_the_store_without_managed_fields_and_selects_the_operators_objects() -> None:
+    store: dict[Any, Any] = {}
+    fake = FakeList([obj("m-a"), obj("m-b")])
+    w = watch(fake, store)
+    assert not w.live
+    assert w._relist() == "10"
+    assert w.live
+    assert set(store) == {("ns", "m-a"), ("ns", "m-b")}
+    assert "managedFields" not in store[("ns", "m-a")]["metadata"]
+    assert fake.calls[0]["label_selector"] == LABEL_ROLLOUT
+
+
+def test_watch_events_add_change_and_remove_objects_and_resume_from_the_last_version() -> None:
+    store: dict[Any, Any] = {}
+    fake = FakeList([obj("m-a")])
+    w = watch(fake, store)
+    rv = w._relist()
+    fake.streams.append(
+        [
+            {"type": "ADDED", "object": obj("m-b", rv="11")},
+            {"type": "MODIFIED", "object": obj("m-a", rv="12", spec={"replicas": 3})},
+            {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "13"}}},
+            {"type": "DELETED", "object": obj("m-b", rv="14")},
+        ]
+    )
+    assert w._watch(rv) == "14"
+    assert set(store) == {("ns", "m-a")}
+    assert store[("ns", "m-a")]["spec"] == {"replicas": 3}
+    assert fake.calls[1]["watch"] is True and fake.calls[1]["resource_version"] == "10"
+
+
+def test_an_expired_watch_lists_again_and_drops_what_disappeared_meanwhile() -> None:
+    store: dict[Any, Any] = {("other", "x"): obj("x", "other")}  # another namespace's watch
+    fake = FakeList([obj("m-a"), obj("m-b")])
+    w = watch(fake, store)
+    w._relist()
+    fake.streams.append([{"type": "ERROR", "object": {"code": 410, "message": "too old"}}])
+    with pytest.raises(_Relist):
+        w._watch("10")
+    fake.items = [obj("m-b")]
+    w._relist()
+    assert set(store) == {("ns", "m-b"), ("other", "x")}
+
+
+def test_reads_miss_until_every_watch_of_the_kind_has_listed() -> None:
+    cache = ObjectCache(k8s.ApiClient(), ["ns", "other"])
+    cache._stores[DEPLOYMENTS][("ns", "m-a")] = obj("m-a")
+    first, second = cache._watches[DEPLOYMENTS]
+    first._live = True
+    assert cache.get(DEPLOYMENTS, "ns", "m-a") is None  # "other" has not listed yet
+    second._live = True
+    assert cache.get(DEPLOYMENTS, "ns", "m-a") == obj("m-a")
+    assert cache.get(DEPLOYMENTS, "ns", "m-x") is None
+    assert cache.get(SERVICES, "ns", "m-a") is None
+
+
+class Refused:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"unexpected API call {args} {kwargs}")
+
+
+def live_cache() -> ObjectCache:
+    """A cache whose watches all listed (and found nothing yet)."""
+    cache = ObjectCache(k8s.ApiClient(), routes=[HTTPROUTES])
+    for watches in cache._watches.values():
+        for w in watches:
+            w._live = True
+    return cache
+
+
+def spec() -> ModelRolloutSpec:
+    return ModelRolloutSpec.model_validate(
+        {
+            "model": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+            "trafficRouting": {"replicas": {}},
+        }
+    )
+
+
+OWNER = {"apiVersion": "modelrollout.dev/v1alpha1", "kind": "ModelRollout",
+         "metadata": {"name": "m", "namespace": "ns", "uid": "u-1"}}  # fmt: skip
+
+
+async def test_a_cached_deployment_needs_no_request_and_absence_is_confirmed_on_demand() -> None:
+    deployment = obj("m-a", spec={"replicas": 1})
+    cache = live_cache()
+    cache._stores[DEPLOYMENTS][("ns", "m-a")] = deployment
+    kube = KubeClient(k8s.ApiClient(), cache)
+    kube.apps.read_namespaced_deployment = Refused()  # type: ignore[method-assign]
+    assert await kube.get_deployment("ns", "m-a") is deployment
+    # Observing: a live cache that has no slot b means there is none (no GET on every tick).
+    assert await kube.get_deployment("ns", "m-b") is None
+
+    asked: list[str] = []
+
+    def read(name: str, namespace: str, **_: Any) -> FakeResponse:
+        asked.append(name)
+        return FakeResponse(obj(name))
+
+    kube.apps.read_namespaced_deployment = read  # type: ignore[method-assign]
+    # Before creating anything, the apiserver is asked (the watch may trail a creation).
+    found = await kube.get_deployment("ns", "m-b", confirm_absence=True)
+    assert (found or {})["metadata"]["name"] == "m-b"
+    assert asked == ["m-b"]
+    # A cache that is not live (not listed yet, or its watch broke) is not trusted at all.
+    for w in cache._watches[DEPLOYMENTS]:
+        w._live = False
+    assert await kube.get_deployment("ns", "m-a") == obj("m-a")
+    assert asked == ["m-b", "m-a"]
+
+
+async def test_a_cached_service_that_matches_needs_no_request_one_that_differs_is_read_fresh() -> (
+    None
+):
+    wanted = build_service(OWNER, spec(), "a")
+    cache = live_cache()
+    cache._stores[SERVICES][("ns", "m-a")] = {**wanted, "metadata": wanted["metadata"]}
+    kube = KubeClient(k8s.ApiClient(), cache)
+    kube.core.read_namespaced_service = Refused()  # type: ignore[method-assign]
+    assert await kube._ensure_service(OWNER, spec(), "a") is False
+
+    stale = json.loads(json.dumps(wanted))
+    stale["spec"]["selector"] = {"old": "selector"}
+    cache._stores[SERVICES][("ns", "m-a")] = stale
+    patched: list[Any] = []
+
+    def read(name: str, namespace: str, **_: Any) -> FakeResponse:
+        return FakeResponse(stale)
+
+    def patch(name: str, namespace: str, body: Any, **_: Any) -> FakeResponse:
+        patched.append(body)
+        return FakeResponse({})
+
+    kube.core.read_namespaced_service = read  # type: ignore[method-assign]
+    kube.core.patch_namespaced_service = patch  # type: ignore[method-assign]
+    assert await kube._ensure_service(OWNER, spec(), "a") is True
+    assert patched[0]["spec"]["selector"] == wanted["spec"]["selector"]
+
+
+def route(weights: dict[str, int]) -> dict[str, Any]:
+    refs = [{"name": name, "port": 8080, "weight": w} for name, w in weights.items()]
+    return {**obj("route"), "spec": {"rules": [{"backendRefs": refs}]}}
+
+
+async def test_a_router_observes_its_route_from_the_cache_and_reads_it_when_not_cached() -> None:
+    rollout = spec().model_copy(
+        update={
+            "traffic_routing": spec().traffic_routing.model_validate(
+                {"gatewayAPI": {"httpRoute": "route"}}
+            )
+        }
+    )
+    cache = live_cache()
+    cache._stores[HTTPROUTES][("ns", "route")] = route({"m-a": 90, "m-b": 10})
+    router = make_router(k8s.ApiClient(), "ns", "m", rollout, cache=cache)
+    router._api = Refused()  # type: ignore[attr-defined]
+    state = await router.observe()
+    assert (state.stable_weight, state.candidate_weight) == (90, 10)
+
+    class Api:
+        def get_namespaced_custom_object(self, **_: Any) -> dict[str, Any]:
+            return route({"m-a": 100})
+
+    del cache._stores[HTTPROUTES][("ns", "route")]
+    router._api = Api()  # type: ignore[attr-defined]
+    assert (await router.observe()).stable_weight == 100
+    # A cache that does not watch the kind (or is not live yet) is never asked.
+    assert ObjectCache(k8s.ApiClient()).get(HTTPROUTES, "ns", "route") is None
