@@ -318,12 +318,12 @@ def managed_split(api: k8s.ApiClient, namespace: str, routing: Routing, name: st
         rule = route["spec"]["rules"][0]
         refs = rule.get("backendRefs") or []
         weights = {r["name"]: int(r.get("weight", 1)) for r in refs}
-        mirrors = {
+        mirrored_to = {
             f["requestMirror"]["backendRef"]["name"]: _mirror_percent(f["requestMirror"])
             for f in rule.get("filters") or []
             if f.get("type") == "RequestMirror"
         }
-        return RouteSplit(generation, weights, mirrors)
+        return RouteSplit(generation, weights, mirrored_to)
     [entry] = [e for e in route["spec"]["http"] if e.get("name") == "primary"]
     dests = entry.get("route") or []
     weights = {

@@ -360,10 +360,13 @@ def test_a_new_version_supersedes_the_candidate_mid_rollout(
     with loaded(gateway, namespace, NAME):
         rollouts.apply(rollout_manifest(NAME, "2.0.0", stages=slow))
         rollouts.wait_stage(NAME, "canary-5", timeout=90)
-        assert managed_split(kube_api, namespace, "gatewayAPI", NAME).weights == {
-            f"{NAME}-a": 95,
-            f"{NAME}-b": 5,
-        }
+        # The status commits the stage first; the route follows right after.
+        wait_for(
+            "the canary-5 split on the route",
+            lambda: managed_split(kube_api, namespace, "gatewayAPI", NAME).weights
+            == {f"{NAME}-a": 95, f"{NAME}-b": 5},
+            timeout=30,
+        )
 
         rollouts.apply(rollout_manifest(NAME, "3.0.0"))
 

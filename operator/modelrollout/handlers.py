@@ -65,10 +65,14 @@ async def drive(
         while not stopped:
             wake.clear()
             delay = RESYNC
+            now = _now()
             try:
-                decision = await memo.reconciler.reconcile(_plain(body), _now())
+                decision = await memo.reconciler.reconcile(_plain(body), now)
                 if decision is not None and decision.requeue_after is not None:
-                    delay = min(max(decision.requeue_after, timedelta(milliseconds=100)), RESYNC)
+                    # requeue_after counts from the tick's `now`: the time the reconcile itself
+                    # took (a slow apiserver) must not push every next look back by as much.
+                    left = now + decision.requeue_after - _now()
+                    delay = min(max(left, timedelta(milliseconds=100)), RESYNC)
             except Exception:
                 log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
                 delay = ERROR_BACKOFF
