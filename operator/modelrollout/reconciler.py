@@ -56,7 +56,7 @@ from modelrollout.engine.types import (
     SetTraffic,
     Slot,
 )
-from modelrollout.kube.client import KubeClient, SecretNotFound
+from modelrollout.kube.client import KubeClient, SecretNotFound, SlotNotOwned
 from modelrollout.kube.workloads import slot_name, slot_state
 from modelrollout.metrics import analysis as metric_analysis
 from modelrollout.metrics.prometheus import PrometheusProviderFactory
@@ -254,6 +254,8 @@ class Reconciler:
                 replicas = replica_ratio_count(spec, status, action.slot, replicas)
             try:
                 await self.kube.ensure_slot(body, spec, action.slot, action.model, replicas)
+            except SlotNotOwned as exc:
+                self._refused[(namespace, name)] = (int(meta.get("generation") or 0), str(exc))
             except ApiException as exc:
                 if exc.status not in (400, 422):
                     raise

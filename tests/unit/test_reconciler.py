@@ -265,3 +265,30 @@ def test_replica_ratio_sizing_matches_the_router_and_warms_the_candidate_with_on
     assert replica_ratio_count(spec, serving, "a", 4) == 3
     done = ModelRolloutStatus.model_validate({"phase": "Succeeded"})
     assert replica_ratio_count(spec, done, "a", 4) == 4
+
+
+async def test_a_foreign_slot_object_holds_the_rollout_as_invalid() -> None:
+    from modelrollout.kube.client import SlotNotOwned
+
+    class Foreign(World):
+        async def ensure_slot(self, *args: Any) -> bool:
+            raise SlotNotOwned("Deployment ns/m-b exists and is not owned by ModelRollout m")
+
+    world = Foreign({"m-a": deployment("1")}, RouteState(found=True, stable_weight=100))
+    status = ModelRolloutStatus.model_validate(
+        {
+            "phase": "Succeeded",
+            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "stableVersion": "1",
+            "stableSlot": "a",
+        }
+    ).model_dump(mode="json", by_alias=True)
+    rec = reconciler(world, [])
+    first = await rec.reconcile(body("2", status), NOW)
+    assert first is not None
+    second = await rec.reconcile(
+        body("2", first.status.model_dump(mode="json", by_alias=True)), NOW
+    )
+    assert second is not None
+    ready = next(c for c in second.status.conditions if c.type == "Ready")
+    assert ready.reason == "InvalidSpec" and "not owned by ModelRollout m" in ready.message

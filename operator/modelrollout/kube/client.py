@@ -32,6 +32,28 @@ class SecretNotFound(Exception):
     """A Secret or key a rollout references does not exist."""
 
 
+class SlotNotOwned(Exception):
+    """A Deployment or Service with a slot's name exists but belongs to someone else.
+
+    The operator never adopts or rewrites an object it did not create: whoever may create a
+    ModelRollout must not be able to take over another workload by naming the rollout after it.
+    """
+
+
+def check_owned(obj: dict[str, Any], owner: dict[str, Any], kind: str) -> None:
+    """Raise :class:`SlotNotOwned` unless ``obj`` is owned by the ModelRollout ``owner``."""
+    uid = owner["metadata"].get("uid")
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    if uid and any(ref.get("uid") == uid for ref in refs):
+        return
+    meta = obj.get("metadata") or {}
+    raise SlotNotOwned(
+        f"{kind} {meta.get('namespace', owner['metadata']['namespace'])}/{meta.get('name')} "
+        f"exists and is not owned by ModelRollout {owner['metadata']['name']}; the operator "
+        "does not take over objects it did not create: delete or rename it"
+    )
+
+
 def _json(response: Any) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(response.data)
     return data
@@ -163,6 +185,7 @@ class KubeClient:
         if current is None:
             await asyncio.to_thread(create)
             return True
+        check_owned(current, owner, "Deployment")
         if _template_identity(current) != (model.version, model.uri, model.digest):
             # A new model for this slot: replace the template (a rolling update of this slot only).
             await asyncio.to_thread(
@@ -191,6 +214,7 @@ class KubeClient:
         if self.cache is not None:
             cached = self.cache.get(SERVICES, namespace, name)
             if cached is not None and _service_matches(cached, wanted):
+                check_owned(cached, owner, "Service")
                 return False
 
         def call() -> bool:
@@ -207,6 +231,7 @@ class KubeClient:
                     )
                 )
                 return True
+            check_owned(current, owner, "Service")
             if _service_matches(current, wanted):
                 return False
             _release(
@@ -231,6 +256,9 @@ class KubeClient:
         current = await self.get_deployment(namespace, name, confirm_absence=True)
         if current is None or (current.get("spec") or {}).get("replicas") == replicas:
             return False
+        refs = (current.get("metadata") or {}).get("ownerReferences") or []
+        if not any(r.get("kind") == "ModelRollout" and r.get("name") == rollout for r in refs):
+            return False  # not ours: never touched (ensure_slot reports it)
 
         def call() -> None:
             _release(
