@@ -49,11 +49,15 @@ def main() -> None:
     output = Path(sys.argv[1])
     # Import first, trace afterwards: imports under tracemalloc take minutes, and what the
     # modules hold is not what grows with the number of rollouts.
+    from kubernetes import client
+
     import modelrollout.app
     import modelrollout.handlers
     from modelrollout.cli.operator import main as operator_main
 
     assert modelrollout.app and modelrollout.handlers
+    for api in ("CoreV1Api", "AppsV1Api", "CustomObjectsApi"):  # imported lazily, and huge
+        getattr(client, api)
     tracemalloc.start(FRAMES)
 
     def dump(signum: int, frame: FrameType | None) -> None:

@@ -257,6 +257,17 @@ class Rollouts:
         self.namespace = namespace
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create, or replace the spec like ``kubectl apply`` would; a 409 (the operator wrote
+        status or its finalizer in between) is retried on a fresh read, as any client must."""
+        for _ in range(10):
+            try:
+                return self._apply_once(body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        return self._apply_once(body)
+
+    def _apply_once(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         try:
             current = self.custom.get_namespaced_custom_object(

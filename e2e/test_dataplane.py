@@ -545,8 +545,15 @@ def test_prometheus_sees_error_rate_latency_and_scores_per_version(
         f"(model_request_duration_seconds_bucket{{{sel}}}))",
         "version",
     )
-    assert 0.002 < p99["1"] < 0.06, p99
-    assert p99["2"] > p99["1"] + 0.025, p99
+    p50 = cluster.prom_by(
+        "histogram_quantile(0.5, sum by (le, version) "
+        f"(model_request_duration_seconds_bucket{{{sel}}}))",
+        "version",
+    )
+    # The +40 ms knob shows in the median; the tail is what a busy 2-core machine makes of it.
+    assert 0.002 < p50["1"] < 0.03, p50
+    assert p50["2"] > p50["1"] + 0.025, p50
+    assert p99["2"] > p99["1"], p99
 
     # score histograms per version: the shuffled-label model is unsure, the good one is not
     middle = cluster.prom_by(

@@ -116,10 +116,12 @@ def initialize(rollouts: Rollouts, kube_api: k8s.ApiClient, namespace: str, name
 # --------------------------------------------------------------------------- a. SIGKILL
 
 KILL_STAGES = [
-    {"name": "shadow", "mirror": 100, "duration": "6s"},
-    {"name": "canary-5", "weight": 5, "duration": "15s"},
+    {"name": "shadow", "mirror": 100, "duration": "20s"},
+    # Long enough that a restart on a loaded machine (imports, login, first reconcile) still
+    # lands inside the stage it was killed in.
+    {"name": "canary-5", "weight": 5, "duration": "40s"},
     {"name": "canary-25", "weight": 25, "duration": "4s"},
-    {"name": "full", "weight": 100, "duration": "12s"},
+    {"name": "full", "weight": 100, "duration": "30s"},
 ]
 
 
@@ -363,8 +365,10 @@ def test_a_new_version_supersedes_the_candidate_mid_rollout(
         # The status commits the stage first; the route follows right after.
         wait_for(
             "the canary-5 split on the route",
-            lambda: managed_split(kube_api, namespace, "gatewayAPI", NAME).weights
-            == {f"{NAME}-a": 95, f"{NAME}-b": 5},
+            lambda: (
+                managed_split(kube_api, namespace, "gatewayAPI", NAME).weights
+                == {f"{NAME}-a": 95, f"{NAME}-b": 5}
+            ),
             timeout=30,
         )
 
