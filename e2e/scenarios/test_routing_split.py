@@ -40,12 +40,13 @@ NAME = "scorer"
 STABLE, CANDIDATE = f"{NAME}-a", f"{NAME}-b"
 RPS = 60
 STAGES: list[dict[str, Any]] = [
-    {"name": "shadow", "mirror": 100, "duration": "8s"},
+    {"name": "shadow", "mirror": 100, "duration": "12s"},
     {"name": "canary-5", "weight": 5, "duration": "20s"},
-    {"name": "canary-25", "weight": 25, "duration": "10s"},
+    {"name": "canary-25", "weight": 25, "duration": "12s"},
     {"name": "full", "weight": 100},
 ]
-# Requests counted per stage: well inside the stage at RPS (about 4 s, 10 s and 5 s of load).
+# Requests counted per stage: well inside the stage at RPS (about 4 s, 10 s and 5 s of load,
+# leaving room for a slow gateway on a busy box: the count must end before the stage does).
 COUNT = {"shadow": 240, "canary-5": 600, "canary-25": 300}
 
 
@@ -159,10 +160,11 @@ def test_every_stage_gets_the_split_it_asks_for_and_the_users_rule_survives(
         primary = served(stats, STABLE)
         assert served(stats, CANDIDATE) == 0, stats
         assert primary == stats["total"], stats
-        # A copy is counted when its answer arrives: those still in flight at the snapshot count
-        # too; requests that straddle the reset are the only difference allowed.
+        # A copy is counted when its answer arrives, a request when its answer does: copies in
+        # flight at the snapshot count, requests in flight (the gateway does not say how many;
+        # up to 20 at 60 rps on a busy box) or straddling the reset make the only difference.
         copies = mirrored(stats, CANDIDATE) + stats["mirrorsInFlight"]
-        assert abs(copies - primary) <= max(5, 0.05 * primary), stats
+        assert abs(copies - primary) <= max(10, 0.1 * primary), stats
         assert stats["mirrorsDropped"] == 0, stats
 
         # The canaries: the served share is the stage's weight, within binomial tolerance.
