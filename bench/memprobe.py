@@ -40,6 +40,12 @@ def report(top: int = 40) -> str:
         by_origin[_origin(trace)] += trace.size
     lines = [f"traced: {total / 2**20:.1f} MiB", ""]
     lines += [f"{size / 2**20:8.2f} MiB  {where}" for where, size in by_origin.most_common(top)]
+    lines += ["", "the biggest allocation paths (innermost frame last):"]
+    for stat in snapshot.statistics("traceback")[:6]:
+        lines.append(f"\n{stat.size / 2**20:.2f} MiB in {stat.count} blocks")
+        lines += [
+            f"    {f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in stat.traceback
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -267,12 +267,15 @@ class ProbedOperator(OperatorProcess):
         i = args.index("modelrollout.cli.operator")
         return [*args[:i], "bench.memprobe", str(self.output), "--", *args[i + 1 :]]
 
-    def dump(self) -> Path:
+    def dump(self, suffix: str) -> Path:
+        """Ask for a report and keep it as ``<output stem>-<suffix>.txt``."""
         assert self.proc is not None
         self.output.unlink(missing_ok=True)
         os.kill(self.proc.pid, signal.SIGUSR1)
         wait_for("the memory report", lambda: self.output.exists(), timeout=300)
-        return self.output
+        kept = self.output.with_name(f"{self.output.stem}-{suffix}.txt")
+        self.output.replace(kept)
+        return kept
 
 
 # ------------------------------------------------------------------------------ one round
@@ -370,6 +373,7 @@ class Round:
         operator: OperatorProcess | None = None
         sampler: ProcSampler | None = None
         try:
+            release_stuck(self.core, self.custom)
             for ns in self.namespaces:
                 self.lab.create_namespace(ns, labels={RUN_LABEL: self.run_id})
             exporter.start()
@@ -402,6 +406,8 @@ class Round:
                 cfg.settle_timeout(n),
             )
             init_s = time.monotonic() - started
+            if isinstance(operator, ProbedOperator):
+                log.info("memory report after init: %s", operator.dump("init"))
             self._wait_series(n)
             rss_after_init = sampler.peak_mib
 
@@ -420,7 +426,7 @@ class Round:
             if profiler:
                 self._write_profile(profiler.stop(), n)
             if isinstance(operator, ProbedOperator):
-                log.info("memory report of N=%d: %s", n, operator.dump())
+                log.info("memory report of N=%d: %s", n, operator.dump("end"))
             after = self._snapshot(operator, pid)
             sampler.stop()
             events = len(self._event_uids() - events_before)
@@ -711,32 +717,69 @@ class Round:
     # -- teardown
 
     def _teardown(self, operator: OperatorProcess | None) -> None:
-        """Delete the namespaces while the operator still runs (it removes its finalizers),
-        wait until they are gone, then stop the operator."""
-        for ns in self.namespaces:
-            try:
-                self.core.delete_namespace(ns)
-            except ApiException as exc:
-                if exc.status != 404:
-                    log.warning("deleting namespace %s: %s", ns, exc.reason)
-
-        def gone() -> bool:
-            left = {
-                ns.metadata.name
-                for ns in self.core.list_namespace(
-                    label_selector=f"{RUN_LABEL}={self.run_id}"
-                ).items
-            }
-            return not left
-
+        """Delete the namespaces while the operator still runs (it removes its finalizers) and
+        wait until they are gone; if they are not, drop the finalizers ourselves. Then stop the
+        operator."""
         try:
-            wait_for("the bench namespaces to be deleted", gone, timeout=120 + self.n * 0.5)
-        except AssertionError as exc:
-            log.warning("%s (going on)", exc)
+            delete_namespaces(self.core, self.custom, f"{RUN_LABEL}={self.run_id}", self.n)
         finally:
             if operator is not None:
                 operator.stop()
             self.api.close()
+
+
+def release_finalizers(custom: k8s.CustomObjectsApi, namespace: str) -> None:
+    """Drop kopf's finalizer from every ModelRollout of ``namespace`` (its operator is gone)."""
+    group, version, plural = "modelrollout.dev", "v1alpha1", "modelrollouts"
+    for item in custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
+        try:
+            custom.patch_namespaced_custom_object(
+                group, version, namespace, plural, item["metadata"]["name"],
+                {"metadata": {"finalizers": None}},
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def release_stuck(core: k8s.CoreV1Api, custom: k8s.CustomObjectsApi, after_s: float = 120) -> None:
+    """Bench namespaces of an interrupted run, Terminating for a while because no operator
+    removes its finalizers any more: release them (never touches a namespace still in use)."""
+    now = datetime.now(UTC)
+    for ns in core.list_namespace(label_selector=RUN_LABEL).items:
+        since = ns.metadata.deletion_timestamp
+        if since is not None and (now - since).total_seconds() > after_s:
+            log.info("releasing the finalizers of %s (left over, Terminating)", ns.metadata.name)
+            release_finalizers(custom, ns.metadata.name)
+
+
+def delete_namespaces(
+    core: k8s.CoreV1Api, custom: k8s.CustomObjectsApi, selector: str, n: int
+) -> None:
+    """Delete the bench namespaces matching ``selector`` and wait until they are gone; after
+    a while, release the finalizers of rollouts no operator handles any more."""
+
+    def left() -> list[str]:
+        return [ns.metadata.name for ns in core.list_namespace(label_selector=selector).items]
+
+    for ns in left():
+        try:
+            core.delete_namespace(ns)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("deleting namespace %s: %s", ns, exc.reason)
+    try:
+        wait_for("the bench namespaces to be deleted", lambda: not left(), timeout=60 + n * 0.3)
+        return
+    except AssertionError as exc:
+        log.warning("%s; releasing the rollouts' finalizers", exc)
+    for ns in left():
+        release_finalizers(custom, ns)
+    try:
+        wait_for("the bench namespaces to be deleted", lambda: not left(), timeout=60 + n * 0.3)
+    except AssertionError as exc:
+        log.warning("%s (going on)", exc)
 
 
 # ------------------------------------------------------------------------------ output
