@@ -46,6 +46,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from e2e.lab import statefiles
 from e2e.lab.informer import Informer, Obj, Store, api_client
@@ -72,6 +74,43 @@ log = logging.getLogger("nodesim")
 HEARTBEAT_S = 10.0
 START_TIMEOUT_S = 120.0
 SERVICE_WAIT_S = 2.0  # how long a pod that no Service selects waits for one before it starts
+STATUS_RETRY_S = 180.0  # how long a pod-status write is retried while the apiserver is away
+
+
+def transient(exc: BaseException) -> bool:
+    """An apiserver that is restarting or overloaded (a kubelet retries these), not a refusal."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429, 500, 502, 503, 504)
+    return isinstance(exc, (Urllib3Error, OSError))
+
+
+def write_status(
+    write: Callable[[], object],
+    cancelled: Callable[[], bool],
+    give_up_after: float = STATUS_RETRY_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Make a pod-status write, retrying through an apiserver restart like a kubelet does (a
+    lost write would leave the pod Pending, or Ready after its crash, for good). False when
+    the pod is gone (404) or was cancelled (being deleted); refusals other than transient
+    ones raise."""
+    for attempt in Retrying(
+        stop=stop_after_delay(give_up_after),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        retry=retry_if_exception(transient),
+        sleep=sleep,
+        reraise=True,
+    ):
+        with attempt:
+            if cancelled():
+                return False
+            try:
+                write()
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+    return True
 
 
 def free_port(taken: set[int]) -> int:
@@ -526,13 +565,10 @@ class NodeSim:
         ns, name, uid = slot.namespace, slot.name, slot.uid
 
         def patch() -> None:
-            if uid in self.deleting:
-                return
-            try:
-                self.core.patch_namespaced_pod_status(name, ns, body)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            write_status(
+                lambda: self.core.patch_namespaced_pod_status(name, ns, body),
+                cancelled=lambda: uid in self.deleting,
+            )
 
         self.tasks.submit(statefiles.pod_key(ns, name), patch)
 

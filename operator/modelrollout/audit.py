@@ -10,6 +10,12 @@ older entries were dropped to honour the limit.
 The canonical form is the entry's JSON wire form (camelCase keys, RFC 3339 times, ``null`` for
 absent values), keys sorted, no whitespace: exactly what survives a status write and read, so a
 status re-read from the apiserver verifies.
+
+Size: the trail lives in ``.status`` and etcd refuses objects above 1.5 MiB. Entries keep at
+most :data:`QUERY_KEEP` characters of each check's PromQL (a longer query is cut and ends with
+its length and SHA-256, so the full text, re-rendered from the spec, can still be matched), and
+the oldest entries are dropped while the trail's canonical JSON exceeds ``max_bytes``
+(:data:`DEFAULT_MAX_BYTES`), whatever the count limit says. The newest entry is always kept.
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ from collections.abc import Sequence
 from modelrollout.api.models import HistoryEntry
 
 DEFAULT_LIMIT = 100
+DEFAULT_MAX_BYTES = 512 * 1024
+"""Budget of the whole trail's canonical JSON: a third of etcd's 1.5 MiB object limit."""
+QUERY_KEEP = 1024
+"""Characters of a check's PromQL an audit entry keeps verbatim."""
+
+
+def compact_query(query: str | None, keep: int = QUERY_KEEP) -> str | None:
+    """``query`` itself when it has at most ``keep`` characters; otherwise its head followed by
+    ``... [<length> chars, sha256:<hex>]`` (the marker included, at most ``keep`` characters)."""
+    if query is None or len(query) <= keep:
+        return query
+    digest = hashlib.sha256(query.encode("utf-8")).hexdigest()
+    marker = f"... [{len(query)} chars, sha256:{digest}]"
+    return query[: max(0, keep - len(marker))] + marker
 
 
 def canonical_json(entry: HistoryEntry) -> str:
@@ -35,12 +55,17 @@ def entry_hash(entry: HistoryEntry) -> str:
 
 
 def append(
-    history: list[HistoryEntry], entry: HistoryEntry, limit: int = DEFAULT_LIMIT
+    history: list[HistoryEntry],
+    entry: HistoryEntry,
+    limit: int = DEFAULT_LIMIT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> HistoryEntry:
-    """Seal ``entry`` (seq, prev_hash, hash) and append it to ``history`` in place.
+    """Seal ``entry`` (seq, prev_hash, hash; queries compacted) and append it to ``history``
+    in place.
 
-    The oldest entries are dropped so at most ``limit`` remain. ``entry`` itself is not
-    modified; the sealed copy that was stored is returned.
+    The oldest entries are dropped so at most ``limit`` remain and their canonical JSON fits
+    ``max_bytes`` (the new entry always stays). ``entry`` itself is not modified; the sealed
+    copy that was stored is returned.
     """
     if limit < 1:
         raise ValueError(f"history limit must be at least 1, got {limit}")
@@ -53,10 +78,17 @@ def append(
             "hash": None,
         },
     )
+    for metric in sealed.metrics:
+        metric.query = compact_query(metric.query)
     sealed.hash = entry_hash(sealed)
     history.append(sealed)
     if len(history) > limit:
         del history[: len(history) - limit]
+    sizes = [len(canonical_json(e).encode("utf-8")) + 64 for e in history]  # + hash, commas
+    drop = 0
+    while drop < len(history) - 1 and sum(sizes[drop:]) > max_bytes:
+        drop += 1
+    del history[:drop]
     return sealed
 
 

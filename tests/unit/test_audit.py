@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +15,7 @@ from modelrollout.api.models import (
     ModelRolloutStatus,
     Verdict,
 )
-from modelrollout.audit import append, entry_hash, verify
+from modelrollout.audit import QUERY_KEEP, append, canonical_json, compact_query, entry_hash, verify
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 MODEL = ModelRef(name="fraud", version="2.0.0", uri="s3://m/2.0.0")
@@ -138,3 +140,55 @@ def test_a_status_round_trip_verifies() -> None:
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         append([], entry(0), limit=0)
+
+
+def test_a_short_query_is_kept_verbatim() -> None:
+    query = 'sum(rate(model_requests_total{code=~"5.."}[1m]))'
+    assert compact_query(query) == query
+    assert compact_query(None) is None
+    assert compact_query("x" * QUERY_KEEP) == "x" * QUERY_KEEP
+
+
+def test_a_long_query_keeps_its_head_length_and_digest() -> None:
+    query = "sum(" + "a" * 5000 + ")"
+    short = compact_query(query)
+    assert short is not None and len(short) <= QUERY_KEEP
+    assert short.startswith("sum(aaaa")
+    digest = hashlib.sha256(query.encode()).hexdigest()
+    assert short.endswith(f"... [{len(query)} chars, sha256:{digest}]")
+
+
+def test_entries_store_compacted_queries_and_still_verify() -> None:
+    query = "sum(" + "b" * 4000 + ")"
+    history: list[HistoryEntry] = []
+    given = entry(0, metrics=[MetricResult(name="big", verdict=Verdict.FAILED, query=query)])
+    sealed = append(history, given)
+    assert given.metrics[0].query == query  # the caller's entry is left alone
+    assert sealed.metrics[0].query == compact_query(query)
+    assert verify(history) == []
+
+
+def test_the_byte_budget_drops_the_oldest_entries() -> None:
+    """64 checks with 4 KB queries per entry: 100 entries would be ~7 MB, far above etcd's
+    1.5 MiB object limit; the budget keeps the trail under it and the chain verifiable."""
+    metrics = [
+        MetricResult(name=f"check-{i}", verdict=Verdict.SUCCESSFUL, query="q" * 4096, value=0.1)
+        for i in range(64)
+    ]
+    history: list[HistoryEntry] = []
+    for n in range(100):
+        append(history, entry(n, metrics=metrics), limit=100, max_bytes=512 * 1024)
+    size = sum(len(canonical_json(e)) for e in history)
+    assert size <= 512 * 1024
+    assert 1 < len(history) < 100
+    assert history[-1].seq == 100
+    assert verify(history) == []
+    status = ModelRolloutStatus(history=history)
+    assert len(json.dumps(status.model_dump(mode="json", by_alias=True))) < 1024 * 1024
+
+
+def test_the_newest_entry_stays_even_above_the_budget() -> None:
+    history: list[HistoryEntry] = []
+    append(history, entry(0), max_bytes=10)
+    append(history, entry(1), max_bytes=10)
+    assert [e.seq for e in history] == [2]

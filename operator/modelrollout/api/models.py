@@ -705,7 +705,11 @@ class MetricResult(_StatusWire):
         default=None, description="The bound or test the value was judged against."
     )
     query: str | None = Field(
-        default=None, description="The PromQL that was run, variables filled in."
+        default=None,
+        description=(
+            "The PromQL that was run, variables filled in. History entries keep 1024 characters "
+            "of it at most: a longer query ends with its length and SHA-256."
+        ),
     )
     message: str | None = Field(
         default=None, description="Why the verdict, in words (e.g. the provider error)."
