@@ -221,9 +221,13 @@ class Lab(KubeAccess):
             self._write_env()
 
     def restart_component(self, name: str) -> None:
+        """Stop and start one component. After the apiserver, also wait until the
+        controller-manager acts again, so the next user of the lab finds it whole."""
         with self._locked():
             self.stop_component(name)
             self.start_component(name)
+        if _component(name).name == "apiserver":
+            self.wait_controllers()
 
     def reload_prometheus(self) -> None:
         """POST /-/reload (after changing rule files)."""

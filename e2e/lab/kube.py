@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -15,10 +16,13 @@ from e2e.lab.waiting import LabError, wait_until
 
 
 class KubeAccess:
-    """Helpers mixed into :class:`~e2e.lab.Lab`; they need only the four properties below."""
+    """Helpers mixed into :class:`~e2e.lab.Lab`; they need only what is declared below."""
 
     @property
     def kubeconfig(self) -> Path:
+        raise NotImplementedError
+
+    def restart_component(self, name: str) -> None:
         raise NotImplementedError
 
     @property
@@ -105,7 +109,9 @@ class KubeAccess:
             raise LabError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
-    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
+    def create_namespace(
+        self, name: str, labels: dict[str, str] | None = None, timeout: float = 30.0
+    ) -> str:
         """Create a namespace and wait until its default ServiceAccount has a token
         secret (before that, ServiceAccount admission rejects pods)."""
         with self.api_client() as api_client:
@@ -118,11 +124,37 @@ class KubeAccess:
 
             wait_until(
                 default_sa_has_token,
-                timeout=30.0,
+                timeout=timeout,
                 interval=0.1,
                 message=f"namespace {name}: default ServiceAccount got no token secret",
             )
         return name
+
+    def wait_controllers(self, timeout: float = 120.0, patience: float = 15.0) -> None:
+        """Wait until the controller-manager acts again: a probe namespace gets its default
+        ServiceAccount and token, then goes away.
+
+        After apiserver restarts its watches reconnect with a growing backoff (measured: a
+        token 81 s after two restarts 10 s apart). Past ``patience`` seconds the
+        controller-manager is restarted instead, as a kubelet restarts one that lost its
+        leader lease, and it reconnects at once."""
+        name = f"lab-probe-{secrets.token_hex(3)}"
+        try:
+            try:
+                self.create_namespace(name, timeout=patience)
+            except LabError:
+                self.restart_component("controller-manager")
+                with self.api_client() as api_client:
+                    core = client.CoreV1Api(api_client)
+                    wait_until(
+                        lambda: bool(core.read_namespaced_service_account("default", name).secrets),
+                        timeout=timeout,
+                        interval=0.2,
+                        message=f"namespace {name}: default ServiceAccount got no token secret "
+                        "after the controller-manager restarted",
+                    )
+        finally:
+            self.delete_namespace(name)
 
     def delete_namespace(self, name: str) -> None:
         """Delete a namespace (not waiting for its finalization)."""

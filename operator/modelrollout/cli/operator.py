@@ -20,10 +20,48 @@ from kubernetes import config as k8s_config
 from modelrollout import __version__
 from modelrollout.api.models import GROUP, PLURAL
 
+log = logging.getLogger(__name__)
+
 API_CONNECTIONS = 32
 """Connections to the apiserver (urllib3 pool) and threads making the reconciler's calls."""
 KOPF_CONNECTIONS = 32
 """kopf's connections to the apiserver, besides three per watched namespace (its watches)."""
+UNSERVED_GRACE_S = 60.0
+"""How long a path the apiserver does not serve (yet) is retried before the 404 is passed on."""
+
+
+async def retry_unserved_paths(
+    request: aiohttp.ClientRequest,
+    handler: aiohttp.ClientHandlerType,
+    *,
+    grace_s: float = UNSERVED_GRACE_S,
+    first_delay_s: float = 0.2,
+) -> aiohttp.ClientResponse:
+    """aiohttp middleware of kopf's session: retry a plain-text ``404 page not found``.
+
+    A restarted apiserver answers the paths of custom resources that way for a moment, until its
+    CRD handlers are installed (an object that does not exist is a JSON Status instead). kopf
+    takes a 404 on a watch as fatal and would stop the operator; a kubelet would restart it, and
+    nothing would be lost (state lives in .status), but waiting is quicker and quieter. After
+    ``grace_s`` the 404 is passed on: the resource is really gone.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    delay = first_delay_s
+    while True:
+        response = await handler(request)
+        unserved = response.status == 404 and response.content_type != "application/json"
+        if not unserved or loop.time() + delay > deadline:
+            return response
+        response.release()
+        log.warning(
+            "apiserver does not serve %s %s (yet); retrying in %.1fs",
+            request.method,
+            request.url.path,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +215,7 @@ def run(args: argparse.Namespace) -> None:
                 limit=KOPF_CONNECTIONS + 3 * len(namespaces), ssl=info.as_ssl_context()
             ),
             headers=info.as_http_headers(),
+            middlewares=(retry_unserved_paths,),
         )
         return kopf.AiohttpSession(
             server=info.server, default_namespace=info.default_namespace, aiohttp_session=session

@@ -77,6 +77,20 @@ def json_patch(current: Body, new: Body) -> JsonPatch | None:
     return [{"op": "test", "path": RESOURCE_VERSION_PATH, "value": resource_version}, *ops]
 
 
+def is_status_body(body: object) -> bool:
+    """Whether an error response's body is a Kubernetes ``Status`` (an object that does not
+    exist) rather than the plain text of a path the apiserver does not serve."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str):
+        return False
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("kind") == "Status"
+
+
 def is_conflict(exc: BaseException) -> bool:
     """A write lost a race: 409 Conflict, or a JSON patch that no longer applies.
 
@@ -158,6 +172,13 @@ class CustomObjectRouter:
                     name=self.ref.name,
                 )
             except ApiException as exc:
+                if exc.status == 404 and not is_status_body(exc.body):
+                    # A plain "404 page not found": the path itself is not served.
+                    raise RouteNotFound(
+                        f"the apiserver does not serve {self.ref.plural}.{self.ref.group}/"
+                        f"{self.ref.version}: its CRD is not installed (or the apiserver is "
+                        f"still starting); {self.ref} cannot be read"
+                    ) from exc
                 if exc.status == 404:
                     raise RouteNotFound(
                         f"{self.ref} not found ({self.ref.group}/{self.ref.version}); "

@@ -80,6 +80,7 @@ class FakeCustomObjects:
         for body in objects:
             self.put(body)
         self.gets = 0
+        self.unserved = False  # answer reads like an apiserver without the CRD
         self.patches: list[list[dict[str, Any]]] = []
         # Called with the stored object before a patch is applied: simulates a concurrent writer.
         self.before_patch: list[Callable[[Body], None]] = []
@@ -104,6 +105,8 @@ class FakeCustomObjects:
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Body:
         self.gets += 1
+        if self.unserved:
+            raise ApiException(status=404, reason="Not Found", body="404 page not found\n")
         key = self._key(group, plural, namespace, name)
         if key not in self.objects:
             raise ApiException(

@@ -362,6 +362,15 @@ async def test_missing_route_is_a_routing_error_naming_it() -> None:
         await r.observe()
 
 
+async def test_an_unserved_route_kind_is_named_as_such() -> None:
+    """A plain-text 404 is the apiserver not serving HTTPRoutes at all (no CRD, or an
+    apiserver still starting), not a missing object: the message says which."""
+    api = FakeCustomObjects()
+    api.unserved = True
+    with pytest.raises(RouteNotFound, match=r"does not serve httproutes\.gateway\.networking"):
+        await router(api).observe()
+
+
 async def test_finalize_leaves_stable_at_100_without_mirror(httproute: Body) -> None:
     api = FakeCustomObjects(httproute)
     r = router(api)
