@@ -211,6 +211,33 @@ def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 99)) -> dict[i
 
 # --------------------------------------------------------------------------- writes
 
+STAGE_FIELDS = ("phase", "stableVersion", "candidateVersion", "stableSlot", "weights")
+"""Status fields a stage change moves (besides ``stage`` and new audit entries)."""
+
+
+def status_write_cause(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str | None:
+    """Why the operator wrote a rollout's status, from two consecutive versions of it: ``stage``
+    (it records a stage change: phase, stage, weights or a stage-changing audit entry moved),
+    ``analysis`` (only an analysis run's results and counters), ``other``; None when the status
+    did not change (a spec or metadata write)."""
+    old, new = dict(before or {}), dict(after)
+    if old == new:
+        return None
+    seqs = {e.get("seq") for e in old.get("history") or []}
+    added = [e for e in new.get("history") or [] if e.get("seq") not in seqs]
+    old_stage, new_stage = old.get("stage") or {}, new.get("stage") or {}
+    if (
+        any(e.get("event") in STAGE_CHANGES for e in added)
+        or any(old.get(f) != new.get(f) for f in STAGE_FIELDS)
+        or (old_stage.get("name"), old_stage.get("readyAt"))
+        != (new_stage.get("name"), new_stage.get("readyAt"))
+    ):
+        return "stage"
+    if old.get("analysis") != new.get("analysis"):
+        return "analysis"
+    return "other"
+
+
 OPERATOR_WRITES: Mapping[tuple[str, str, str], tuple[str, frozenset[str]]] = {
     ("modelrollout.dev", "modelrollouts", "status"): ("rollout status", frozenset({"PATCH"})),
     ("modelrollout.dev", "modelrollouts", ""): ("rollout object", frozenset({"PATCH", "PUT"})),

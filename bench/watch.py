@@ -2,7 +2,9 @@
 
 Two list+watch loops (:class:`e2e.lab.informer.Informer`, one thread each) over the objects
 labelled with the run's id. The rollouts' latest versions are kept; every version of a route
-whose managed rule changed is appended to that route's log with the time it arrived.
+whose managed rule changed is appended to that route's log with the time it arrived, and every
+status write of a rollout is classified by cause (:func:`bench.measure.status_write_cause`) with
+the time it arrived.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from bench.measure import RouteView, route_view
+from bench.measure import RouteView, route_view, status_write_cause
 from e2e.lab.informer import Informer, Obj, Store, key_of
 
 ROLLOUTS = ("modelrollout.dev", "v1alpha1", "modelrollouts")
@@ -31,12 +33,13 @@ class Recorder:
         self._lock = threading.Lock()
         self.rollouts = Store()
         self.routes: dict[tuple[str, str], list[RouteView]] = {}
+        self.status_writes: list[tuple[float, str]] = []  # (seen, cause)
         self._informers = [
             Informer(
                 "bench-rollouts",
                 functools.partial(custom.list_cluster_custom_object, *ROLLOUTS),
                 on_sync=self.rollouts.sync,
-                on_event=self.rollouts.event,
+                on_event=self._rollout_event,
                 stop=self._stop,
                 label_selector=selector,
             ),
@@ -60,6 +63,25 @@ class Recorder:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _rollout_event(self, etype: str, obj: Obj) -> None:
+        seen = time.time()
+        if etype == "MODIFIED":
+            before = self.rollouts.get(*key_of(obj)) or {}
+            cause = status_write_cause(before.get("status"), obj.get("status") or {})
+            if cause is not None:
+                with self._lock:
+                    self.status_writes.append((seen, cause))
+        self.rollouts.event(etype, obj)
+
+    def status_writes_between(self, t0: float, t1: float) -> dict[str, int]:
+        """Status writes seen in ``[t0, t1]``, by cause."""
+        with self._lock:
+            counted: dict[str, int] = {}
+            for seen, cause in self.status_writes:
+                if t0 <= seen <= t1:
+                    counted[cause] = counted.get(cause, 0) + 1
+            return counted
 
     def _routes_sync(self, items: list[Obj]) -> None:
         for item in items:

@@ -32,7 +32,6 @@ from modelrollout.engine.plan import (
     stage_end,
 )
 from modelrollout.engine.tick import Tick
-from modelrollout.engine.timing import human
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -234,7 +233,9 @@ def _in_stage(t: Tick) -> str:
     if gates:
         parts.append("waiting for confirm-promotion gates: " + ", ".join(g.name for g in gates))
     elif end is not None and now < end:
-        parts.append(f"{human(end - now)} left")
+        # The end time, not the time left: a countdown would change the status (one more
+        # apiserver write) on every wake-up. kubectl modelrollout status shows the time left.
+        parts.append(f"stage ends at {end.strftime('%Y-%m-%dT%H:%M:%SZ')}")
     elif not analysis_passed(spec, st):
         parts.append("waiting for a successful analysis run")
     elif not slot_of(t.obs, candidate_slot(st)).is_ready:

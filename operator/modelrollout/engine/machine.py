@@ -83,7 +83,7 @@ def decide(
         obs=obs,
         now=now,
         before=status,
-        status=status.model_copy(deep=True),
+        status=working_copy(status),
         history_limit=history_limit,
     )
     t.status.observed_generation = obs.generation
@@ -107,7 +107,7 @@ def invalid_spec_status(
     """For a spec that does not even parse: the held status (conditions, message, audit entry
     when the problem changed); everything else is kept so fixing the spec resumes."""
     now = utc(now)
-    st = status.model_copy(deep=True)
+    st = working_copy(status)
     st.observed_generation = generation
     text = "invalid spec: " + "; ".join(problems)
     if _hold_changed(status, "InvalidSpec", text):
@@ -131,13 +131,28 @@ def invalid_spec_status(
     return st
 
 
+def working_copy(status: ModelRolloutStatus) -> ModelRolloutStatus:
+    """A deep copy of ``status`` that shares its audit entries: they are sealed (hashed) and
+    never changed, only appended and dropped, so a new list of the same entries is enough.
+    The history is most of a status: deep-copying it twice per step was the engine's biggest
+    cost (docs/performance.md)."""
+    history = status.history
+    status.history = []
+    try:
+        copied = status.model_copy(deep=True)
+    finally:
+        status.history = history
+    copied.history = list(history)
+    return copied
+
+
 def _run_to_fixed_point(t: Tick) -> None:
     """Step until a step changes nothing, so one decide does what repeated decides on the same
     input would do, and deciding again on the result is a no-op (idempotence). Each step only
     uses the inputs that were due at its start; a consumed input is no longer due after it."""
     command = t.obs.command
     for _ in range(MAX_STEPS):
-        start = t.status.model_copy(deep=True)
+        start = working_copy(t.status)
         t.step_start = start
         t.due_checks = checks_due(t.spec, start, t.now)
         t.due_gates = gates_due(t.spec, start, t.now)

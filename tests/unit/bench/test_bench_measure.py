@@ -20,6 +20,7 @@ from bench.measure import (
     percentiles,
     route_view,
     stage_changes,
+    status_write_cause,
     transitions,
 )
 
@@ -170,3 +171,32 @@ def test_the_exporter_counts_requests_by_rate_and_keeps_counts_when_the_rate_cha
     assert counts() == {"200": pytest.approx(195.0), "500": pytest.approx(5.0)}
     with pytest.raises(ValueError, match="less than or equal to 1"):
         ServiceRate.model_validate({"namespace": "ns", "service": "x", "errorRate": 5})
+
+
+def _status(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "phase": "Progressing",
+        "candidateVersion": "2.0.0",
+        "weights": {"stable": 90, "candidate": 10},
+        "stage": {"name": "canary-10", "readyAt": "2026-01-01T00:00:05Z"},
+        "analysis": {"runs": 1, "lastRunAt": "2026-01-01T00:00:10Z"},
+        "history": [{"seq": 1, "event": "StageEntered"}],
+    }
+    base.update(extra)
+    return base
+
+
+def test_status_writes_are_classified_by_what_they_record() -> None:
+    before = _status()
+    assert status_write_cause(before, _status()) is None  # a spec or metadata write
+    assert status_write_cause(before, _status(stage={"name": "canary-50"})) == "stage"
+    assert status_write_cause(before, _status(phase="RolledBack")) == "stage"
+    assert status_write_cause(before, _status(weights={"stable": 50, "candidate": 50})) == "stage"
+    ready = _status(
+        history=[{"seq": 1, "event": "StageEntered"}, {"seq": 2, "event": "CandidateReady"}]
+    )
+    assert status_write_cause(before, ready) == "stage"
+    assert status_write_cause(before, _status(analysis={"runs": 2})) == "analysis"
+    noted = _status(history=[{"seq": 1, "event": "StageEntered"}, {"seq": 2, "event": "Command"}])
+    assert status_write_cause(before, noted) == "other"
+    assert status_write_cause(None, _status()) == "stage"  # the first status ever

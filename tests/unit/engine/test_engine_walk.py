@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from engine_world import T0, V1, V2, World, make_spec, restart, step
+from engine_world import T0, V1, V2, World, at, dump, make_spec, observe, restart, rolling, step
 
+from modelrollout import engine
 from modelrollout.api.models import ModelRolloutSpec, ModelRolloutStatus, Phase, Verdict
 from modelrollout.audit import verify
 from modelrollout.engine.types import Action, EnsureSlot, ScaleSlot, SetTraffic
@@ -194,3 +195,30 @@ def test_paused_walk_takes_longer_by_the_pause() -> None:
     assert canary25 - entered >= timedelta(minutes=10 + 29)
     assert stages_entered(status) == STAGE_ORDER and status.phase is Phase.SUCCEEDED
     assert world.violations == []  # no traffic to a slot that was not ready
+
+
+def test_a_wake_up_with_nothing_new_changes_nothing_in_the_status() -> None:
+    """Every status change is an apiserver write: the daemon waking up inside a stage, with
+    the same observation and no analysis due, must leave the status byte-identical (a
+    countdown in the message once cost a write per wake-up and rollout)."""
+    spec = make_spec(analysis={"interval": "2s", "metrics": []})
+    status = engine.decide(spec, rolling(1), observe(weight=5), at(1)).status
+    for seconds in (3, 5, 7, 61, 599):
+        later = engine.decide(spec, status, observe(weight=5), at(seconds))
+        assert dump(later.status) == dump(status), f"the status changed at t={seconds}s"
+    assert "stage ends at 2025-03-01T12:10:00Z" in status.message
+
+
+def test_decide_leaves_its_input_alone_while_sharing_sealed_entries() -> None:
+    """The working copy shares the (sealed, never edited) audit entries with the input: a whole
+    walk must leave every input status exactly as it was, and every chain intact."""
+    spec = make_spec(analysis={"interval": "2s", "metrics": []})
+    status = rolling(1)
+    seconds = 0
+    for _ in range(6):
+        before = dump(status)
+        decision = engine.decide(spec, status, observe(weight=5), at(seconds))
+        assert dump(status) == before
+        assert verify(decision.status.history) == []
+        status, seconds = decision.status, seconds + 400
+    assert len(status.history) >= 2
