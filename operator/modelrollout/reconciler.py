@@ -122,6 +122,8 @@ class Reconciler:
         started = time.perf_counter()
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        # Parsed afresh every tick, not cached per resourceVersion: a parsed status with a full
+        # audit trail is ~300 KiB, memory that 1,000 rollouts cannot spare (docs/performance.md).
         status = _parse_status(body.get("status"))
         generation = int(meta.get("generation") or 0)
 
@@ -213,9 +215,12 @@ class Reconciler:
 
         for action in first:
             await self._do(body, spec, decision.status, action, router)
-        new_status = decision.status.model_dump(mode="json", by_alias=True)
-        if new_status != before.model_dump(mode="json", by_alias=True):
-            await self.kube.patch_status(namespace, name, new_status)
+        # Model equality first (cheap: the audit entries are shared), the wire form only when
+        # the models differ (NaN != NaN, but both are null on the wire).
+        if decision.status != before:
+            new_status = decision.status.model_dump(mode="json", by_alias=True)
+            if new_status != before.model_dump(mode="json", by_alias=True):
+                await self.kube.patch_status(namespace, name, new_status)
         for action in rest:
             await self._do(body, spec, decision.status, action, router)
 
