@@ -8,7 +8,10 @@ controller-manager, scheduler, Prometheus, node simulator and gateway on ports o
 sharing only the cached binaries (``~/.cache/modelrollout-lab``).
 
 It also needs a wider Service range: every rollout has two Services (one per slot) and the lab's
-``10.0.0.0/24`` holds 254 ClusterIPs, so the bench lab's apiserver gets ``10.0.0.0/16``.
+``10.0.0.0/24`` holds 254 ClusterIPs, so the bench lab's apiserver gets ``10.0.0.0/16``. And a
+faster controller-manager and scheduler: at their default client QPS (20 and 50) the
+ReplicaSet controller needs minutes to create 1,000 candidate pods, so a round measured the
+lab's kubelet pipeline instead of the operator.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ DEFAULT_ROOT = Path(
 )
 LINKS = (".venv", "e2e")
 SERVICE_CIDR = "10.0.0.0/16"
+CLIENT_QPS = 300
 
 
 class BenchLabError(RuntimeError):
@@ -55,10 +59,10 @@ def prepare_root(root: Path) -> Path:
     return root
 
 
-def _apiserver_flags(lab: Lab) -> list[str] | None:
-    """The running apiserver's command line, None when it is not running."""
+def _flags(lab: Lab, component: str) -> list[str] | None:
+    """A running component's command line, None when it is not running."""
     state = LabState.load(lab.paths.state_file)
-    record = state.components.get("apiserver") if state else None
+    record = state.components.get(component) if state else None
     if record is None or record.pid is None:
         return None
     try:
@@ -70,13 +74,20 @@ def _apiserver_flags(lab: Lab) -> list[str] | None:
 def bench_lab(root: Path = DEFAULT_ROOT) -> Lab:
     """The benchmark's own lab in ``root`` (not started: call ``.up()``).
 
-    A running bench lab whose apiserver has another Service range is stopped, so ``up()``
-    starts it afresh with :data:`SERVICE_CIDR`.
+    A running bench lab started with other settings (Service range, client QPS) is stopped, so
+    ``up()`` starts it afresh with :data:`SERVICE_CIDR` and :data:`CLIENT_QPS`.
     """
     # The lab's command-line builders read this module global when they start a component.
     components.SERVICE_CIDR = SERVICE_CIDR
+    components.CLIENT_QPS = CLIENT_QPS
     lab = Lab(prepare_root(root))
-    flags = _apiserver_flags(lab)
-    if flags is not None and f"--service-cluster-ip-range={SERVICE_CIDR}" not in flags:
-        lab.down()
+    wanted = {
+        "apiserver": f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "controller-manager": f"--kube-api-qps={CLIENT_QPS}",
+    }
+    for component, flag in wanted.items():
+        flags = _flags(lab, component)
+        if flags is not None and flag not in flags:
+            lab.down()
+            break
     return lab

@@ -255,6 +255,16 @@ def run(args: argparse.Namespace) -> None:
             ThreadPoolExecutor(max_workers=API_CONNECTIONS, thread_name_prefix="kube")
         )
         if cache is not None:
+            loop = asyncio.get_running_loop()
+
+            def wake(namespace: str, rollout: str) -> None:
+                event = memo.wakeups.get((namespace, rollout))
+                if event is not None:
+                    event.set()
+
+            # A Deployment of a rollout changed (a replica became ready, ...): wake its daemon
+            # now rather than at its next poll. From the watch thread, so through the loop.
+            cache.on_workload_change = lambda ns, name: loop.call_soon_threadsafe(wake, ns, name)
             cache.start()
         try:
             await kopf.operator(

@@ -47,6 +47,7 @@ from modelrollout.engine.tick import Tick
 from modelrollout.engine.timing import (
     HOLD_RETRY,
     MIN_REQUEUE,
+    READY_POLL,
     analysis_interval,
     gate_interval,
     human,
@@ -218,7 +219,7 @@ def _initialize(t: Tick) -> None:
             f"{human(progress_deadline(t.spec))}",
         )
         return
-    t.wake_in(MIN_REQUEUE)
+    t.wake_in(READY_POLL)
     t.wake_at(deadline)
 
 
@@ -308,7 +309,7 @@ def _progress(t: Tick) -> None:
         return
     _protect_users(t)
     if st.stage.ready_at is None:
-        t.wake_in(MIN_REQUEUE)
+        t.wake_in(READY_POLL)  # the candidate lost readiness: wait for it again
         return
     if not _absorb_analysis(t):
         return  # rolled back
@@ -316,7 +317,7 @@ def _progress(t: Tick) -> None:
         t.wake_at(next_analysis_at(spec, st))
         return
     if not ready:
-        t.wake_in(MIN_REQUEUE)  # partly ready: keep the traffic, do not move on
+        t.wake_in(READY_POLL)  # partly ready: keep the traffic, do not move on
         return
     if not stage_complete(spec, st, t.now):
         end = stage_end(spec, st)
@@ -360,7 +361,7 @@ def _await_traffic(t: Tick, ready: bool) -> None:
                 phase=Phase.FAILED,
             )
             return
-        t.wake_in(MIN_REQUEUE)
+        t.wake_in(READY_POLL)
         t.wake_at(deadline)
         return
     if stage.candidate_ready_at is None:

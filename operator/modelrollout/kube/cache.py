@@ -74,8 +74,10 @@ class _Watch:
         stop: threading.Event,
         namespace: str | None,
         selector: str | None = LABEL_ROLLOUT,
+        on_event: Callable[[Obj], None] | None = None,
     ) -> None:
         self.kind = kind
+        self._on_event = on_event
         self.namespace = namespace
         self._list = list_func
         self._store = store
@@ -161,6 +163,11 @@ class _Watch:
                 self._store.pop(_key(obj), None)
             elif kind in ("ADDED", "MODIFIED"):
                 self._store[_key(obj)] = _trim(obj)
+            if self._on_event is not None and kind in ("ADDED", "MODIFIED", "DELETED"):
+                try:
+                    self._on_event(obj)  # after the store: a woken reader sees this version
+                except Exception:
+                    log.warning("cache event callback failed", exc_info=True)
             if self._stop.is_set():
                 break
         return rv
@@ -172,6 +179,10 @@ class ObjectCache:
     ``namespaces`` empty means cluster-wide. ``routes`` are the (group, version, plural) of the
     route kinds to watch (all objects, not only labelled ones: the user owns them). Returned
     objects are shared: read them, never modify them.
+
+    :attr:`on_workload_change` (set it before :meth:`start`) is called from the watch threads
+    with (namespace, rollout name) whenever one of a rollout's Deployments changes, so the
+    rollout can look at its readiness at once instead of polling for it.
     """
 
     def __init__(
@@ -185,6 +196,7 @@ class ObjectCache:
         own = k8s.ApiClient(api_client.configuration)
         apps, core, custom = k8s.AppsV1Api(own), k8s.CoreV1Api(own), k8s.CustomObjectsApi(own)
         self._stop = threading.Event()
+        self.on_workload_change: Callable[[str, str], None] | None = None
         kinds = [DEPLOYMENTS, SERVICES, *routes]
         self._stores: dict[Kind, dict[Key, Obj]] = {kind: {} for kind in kinds}
         self._watches: dict[Kind, list[_Watch]] = {kind: [] for kind in kinds}
@@ -207,9 +219,16 @@ class ObjectCache:
                 )
             for kind, func in funcs.items():
                 selector = LABEL_ROLLOUT if kind in (DEPLOYMENTS, SERVICES) else None
+                on_event = self._workload_changed if kind == DEPLOYMENTS else None
                 self._watches[kind].append(
-                    _Watch(kind, func, self._stores[kind], self._stop, scope, selector)
+                    _Watch(kind, func, self._stores[kind], self._stop, scope, selector, on_event)
                 )
+
+    def _workload_changed(self, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        rollout = (meta.get("labels") or {}).get(LABEL_ROLLOUT)
+        if rollout and self.on_workload_change is not None:
+            self.on_workload_change(str(meta.get("namespace") or ""), str(rollout))
 
     def start(self) -> ObjectCache:
         for watches in self._watches.values():

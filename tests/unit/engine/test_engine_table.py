@@ -41,6 +41,7 @@ from modelrollout.api.models import (
     Verdict,
 )
 from modelrollout.audit import verify
+from modelrollout.engine.timing import READY_POLL
 from modelrollout.engine.types import (
     Action,
     Decision,
@@ -464,7 +465,7 @@ CASES: list[Case] = [
         0,
         [ENSURE_A, ENSURE_B],
         [],
-        check=requeue(timedelta(seconds=1)),
+        check=requeue(READY_POLL),  # or sooner: a Deployment change wakes the rollout
     ),
     Case(
         "readiness: slot ready but with another version",

@@ -116,6 +116,38 @@ def test_reads_miss_until_every_watch_of_the_kind_has_listed() -> None:
     assert cache.get(SERVICES, "ns", "m-a") is None
 
 
+def test_a_change_of_a_rollouts_deployment_wakes_that_rollout_after_it_is_stored() -> None:
+    """Readiness is seen when the Deployment changes, not at the next poll: every change of a
+    labelled Deployment calls on_workload_change with (namespace, rollout), and by then the
+    store already holds the new version a woken reconcile will read."""
+    cache = ObjectCache(k8s.ApiClient(), ["ns"])
+    store = cache._stores[DEPLOYMENTS]
+    seen: list[tuple[str, str, Any]] = []
+    cache.on_workload_change = lambda ns, name: seen.append(
+        (ns, name, (store.get((ns, f"{name}-b")) or {}).get("status"))
+    )
+    [deployments] = cache._watches[DEPLOYMENTS]
+    fake = FakeList([])
+    deployments._list = fake
+    labelled = {"labels": {LABEL_ROLLOUT: "fraud"}}
+    ready = obj("fraud-b", rv="12", status={"readyReplicas": 1})
+    ready["metadata"].update(labelled)
+    fresh = obj("fraud-b", rv="11", status={})
+    fresh["metadata"].update(labelled)
+    fake.streams.append(
+        [
+            {"type": "ADDED", "object": fresh},
+            {"type": "MODIFIED", "object": ready},
+            {"type": "MODIFIED", "object": obj("unlabelled", rv="13")},
+            {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "14"}}},
+        ]
+    )
+    deployments._watch(deployments._relist())
+    assert seen == [("ns", "fraud", {}), ("ns", "fraud", {"readyReplicas": 1})]
+    [services] = cache._watches[SERVICES]
+    assert services._on_event is None  # Services carry no readiness
+
+
 class Refused:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"unexpected API call {args} {kwargs}")
