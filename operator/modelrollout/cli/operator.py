@@ -264,7 +264,10 @@ def run(args: argparse.Namespace) -> None:
 
             # A Deployment of a rollout changed (a replica became ready, ...): wake its daemon
             # now rather than at its next poll. From the watch thread, so through the loop.
-            cache.on_workload_change = lambda ns, name: loop.call_soon_threadsafe(wake, ns, name)
+            def wake_soon(namespace: str, rollout: str) -> None:
+                loop.call_soon_threadsafe(wake, namespace, rollout)
+
+            cache.on_workload_change = wake_soon
             cache.start()
         try:
             await kopf.operator(
