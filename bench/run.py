@@ -994,6 +994,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, CI timeouts) unwinds like Ctrl-C: the finally blocks stop the operator
+    # and the exporter and delete the namespaces, instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(
         level=logging.INFO, format="bench %(asctime)s %(message)s", datefmt="%H:%M:%S"
     )
