@@ -58,7 +58,6 @@ demo: $(STAMP)
 	$(PY) -m e2e.demo
 
 bench: $(STAMP)
-	$(PY) -m e2e.lab up
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 faults: $(STAMP)
