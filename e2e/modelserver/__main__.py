@@ -3,6 +3,7 @@ scikit-learn and serve."""
 
 import os
 import sys
+import time
 
 from e2e.modelserver.config import ConfigError, from_env
 
@@ -13,6 +14,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"modelserver: bad configuration: {exc}", file=sys.stderr)
         return 2
+    time.sleep(config.startup_delay_s)  # STARTUP_DELAY_S: a model that is slow to load
     from e2e.modelserver.server import serve  # imports scikit-learn: seconds, not millis
 
     try:

@@ -59,6 +59,7 @@ class ServerConfig:
     base_latency_ms: float = 6.0
     base_latency_sigma: float = 0.25
     parent_pid: int | None = None
+    startup_delay_s: float = 0.0  # a slow model load: seconds before the server listens
 
 
 def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
@@ -129,4 +130,5 @@ def from_env(env: Mapping[str, str]) -> ServerConfig:
         base_latency_ms=_number(env, "BASE_LATENCY_MS", 6.0, 0.0, 60_000.0),
         base_latency_sigma=_number(env, "BASE_LATENCY_SIGMA", 0.25, 0.0, 5.0),
         parent_pid=int(parent) if parent else None,
+        startup_delay_s=_number(env, "STARTUP_DELAY_S", 0.0, 0.0, 600.0),
     )

@@ -372,7 +372,9 @@ def test_a_new_version_supersedes_the_candidate_mid_rollout(
             timeout=30,
         )
 
-        rollouts.apply(rollout_manifest(NAME, "3.0.0"))
+        # 3.0.0 loads slowly, so the reads below fall before it can be ready (the operator
+        # sees readiness the moment its Deployment reports it).
+        rollouts.apply(rollout_manifest(NAME, "3.0.0", env={"STARTUP_DELAY_S": "8"}))
 
         # Status, route, status: while the stage has not got its traffic back (readyAt unset
         # on both reads), the route read in between must be 100% stable, nothing mirrored.
@@ -387,7 +389,7 @@ def test_a_new_version_supersedes_the_candidate_mid_rollout(
         second = rollouts.status(NAME)
         assert stage_of(first)["name"] == "shadow" and not stage_of(first).get("readyAt")
         assert stage_of(second)["startedAt"] == stage_of(first)["startedAt"]
-        assert not stage_of(second).get("readyAt"), "3.0.0 cannot be ready this fast"
+        assert not stage_of(second).get("readyAt"), "3.0.0 cannot be ready this fast (8 s load)"
         assert split.only(f"{NAME}-a"), split
         [note] = history_of(first, "Superseded")
         assert "2.0.0" in note["reason"] and "3.0.0" in note["reason"], note

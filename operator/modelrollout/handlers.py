@@ -26,13 +26,14 @@ from modelrollout.api.models import (
     ModelRolloutStatus,
 )
 from modelrollout.kube.workloads import slot_name
-from modelrollout.reconciler import Reconciler
+from modelrollout.reconciler import Reconciler, StaleStatus
 from modelrollout.routing import make_router
 
 log = structlog.get_logger("modelrollout.handlers")
 
 RESYNC = timedelta(seconds=30)
 ERROR_BACKOFF = timedelta(seconds=2)
+STALE_RETRY = timedelta(milliseconds=200)
 
 
 @dataclass
@@ -73,6 +74,9 @@ async def drive(
                     # took (a slow apiserver) must not push every next look back by as much.
                     left = now + decision.requeue_after - _now()
                     delay = min(max(left, timedelta(milliseconds=100)), RESYNC)
+            except StaleStatus as exc:
+                log.debug("body older than our own write; looking again", reason=str(exc))
+                delay = STALE_RETRY
             except Exception:
                 log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
                 delay = ERROR_BACKOFF

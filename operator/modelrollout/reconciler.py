@@ -102,6 +102,8 @@ class Reconciler:
     _refused: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
     # (namespace, name) -> (uid, generation, problems): validation once per spec generation.
     _validated: dict[tuple[str, str], tuple[str, int, list[str]]] = field(default_factory=dict)
+    # (namespace, name) -> (uid, resourceVersion) of the operator's own last status write.
+    _written: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     def _validate(self, body: dict[str, Any], generation: int) -> list[str]:
         """``validation.validate(body)``, computed once per spec generation: it reads only the
@@ -122,6 +124,16 @@ class Reconciler:
         started = time.perf_counter()
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        written = self._written.get((namespace, name))
+        if (
+            written is not None
+            and written[0] == str(meta.get("uid") or "")
+            and older(meta.get("resourceVersion"), written[1])
+        ):
+            raise StaleStatus(
+                f"{namespace}/{name}: resourceVersion {meta.get('resourceVersion')} is older "
+                f"than this operator's own status write {written[1]}"
+            )
         # Parsed afresh every tick, not cached per resourceVersion: a parsed status with a full
         # audit trail is ~300 KiB, memory that 1,000 rollouts cannot spare (docs/performance.md).
         status = _parse_status(body.get("status"))
@@ -196,8 +208,6 @@ class Reconciler:
         decision: Decision,
         router: TrafficRouter | None,
     ) -> None:
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
         first: list[Action] = []
         rest: list[Action] = []
         # One decide may make several transitions (e.g. enter the last stage and promote at
@@ -215,12 +225,7 @@ class Reconciler:
 
         for action in first:
             await self._do(body, spec, decision.status, action, router)
-        # Model equality first (cheap: the audit entries are shared), the wire form only when
-        # the models differ (NaN != NaN, but both are null on the wire).
-        if decision.status != before:
-            new_status = decision.status.model_dump(mode="json", by_alias=True)
-            if new_status != before.model_dump(mode="json", by_alias=True):
-                await self.kube.patch_status(namespace, name, new_status)
+        await self._write_status(body, before, decision.status)
         for action in rest:
             await self._do(body, spec, decision.status, action, router)
 
@@ -279,6 +284,37 @@ class Reconciler:
             # The notification speaks of the state just decided, not the one observed.
             current = {**body, "status": status.model_dump(mode="json", by_alias=True)}
             self.spawn(self.notifier(current, spec, action))
+
+    async def _write_status(
+        self, body: dict[str, Any], before: ModelRolloutStatus, after: ModelRolloutStatus
+    ) -> bool:
+        """Write what changed between ``before`` (the stored status) and ``after``; whether
+        anything was written.
+
+        Only the top-level fields that changed are sent: an analysis run does not resend the
+        audit trail. (A merge patch replaces lists and merges objects; every object is sent
+        whole, its absent fields as null, so each sent field ends up exactly as decided.) The
+        new resourceVersion is remembered: a later tick on an older body is refused
+        (:class:`StaleStatus`) instead of deciding again on what was already decided.
+        """
+        # Model equality first (cheap: the audit entries are shared), the wire form only when
+        # the models differ (NaN != NaN, but both are null on the wire).
+        if after == before:
+            return False
+        patch = status_patch(
+            before.model_dump(mode="json", by_alias=True),
+            after.model_dump(mode="json", by_alias=True),
+        )
+        if not patch:
+            return False
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        version = await self.kube.patch_status(key[0], key[1], patch)
+        if isinstance(version, str):
+            if len(self._written) >= VALIDATED_MAX:
+                self._written.clear()  # deleted rollouts' entries: drop them all now and then
+            self._written[key] = (str(meta.get("uid") or ""), version)
+        return True
 
     def spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
@@ -361,15 +397,8 @@ class Reconciler:
     ) -> None:
         """A spec that does not even parse: record why, touch nothing else."""
         new = engine.invalid_spec_status(status, problems, generation, now)
-        meta = body["metadata"]
-        if new.model_dump(mode="json", by_alias=True) != status.model_dump(
-            mode="json", by_alias=True
-        ):
-            await self.kube.patch_status(
-                meta["namespace"], meta["name"], new.model_dump(mode="json", by_alias=True)
-            )
-            if new.message != status.message:
-                self.post_event(body, "Warning", "InvalidSpec", new.message)
+        if await self._write_status(body, status, new) and new.message != status.message:
+            self.post_event(body, "Warning", "InvalidSpec", new.message)
 
 
 _WARMING = frozenset({Phase.PROGRESSING, Phase.PAUSED})
@@ -398,6 +427,28 @@ def _api_message(exc: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message or exc.reason or exc.status)[:1000]
+
+
+class StaleStatus(Exception):
+    """The rollout's body is older than the operator's own last status write (the watch has
+    not delivered that write yet): look again in a moment rather than decide twice."""
+
+
+def older(version: Any, than: str) -> bool:
+    """Whether resourceVersion ``version`` is older than ``than``. They are etcd revisions
+    (decimal integers) on every apiserver we know; anything else is never called older."""
+    try:
+        return int(str(version)) < int(than)
+    except ValueError:
+        return False
+
+
+def status_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch from status ``before`` to ``after``, top-level fields only: the changed
+    ones whole, the removed ones as null."""
+    patch = {key: value for key, value in after.items() if before.get(key) != value}
+    patch.update({key: None for key in before if key not in after})
+    return patch
 
 
 def _parse_status(raw: dict[str, Any] | None) -> ModelRolloutStatus:

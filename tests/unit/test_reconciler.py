@@ -15,7 +15,14 @@ import pytest
 from modelrollout.api.models import ModelRef, ModelRolloutSpec, ModelRolloutStatus, Phase
 from modelrollout.engine.types import Command, CommandVerb, RouteState
 from modelrollout.kube.workloads import ANNOTATION_VERSION
-from modelrollout.reconciler import Reconciler, parse_command, replica_ratio_count
+from modelrollout.reconciler import (
+    Reconciler,
+    StaleStatus,
+    older,
+    parse_command,
+    replica_ratio_count,
+    status_patch,
+)
 from modelrollout.routing.base import DesiredRoutes, RoutingError
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -292,3 +299,59 @@ async def test_a_foreign_slot_object_holds_the_rollout_as_invalid() -> None:
     assert second is not None
     ready = next(c for c in second.status.conditions if c.type == "Ready")
     assert ready.reason == "InvalidSpec" and "not owned by ModelRollout m" in ready.message
+
+
+def test_a_status_patch_carries_only_the_top_level_fields_that_changed() -> None:
+    before = {"phase": "Progressing", "history": [1, 2], "analysis": {"runs": 1}, "gone": "x"}
+    after = {"phase": "Progressing", "history": [1, 2], "analysis": {"runs": 2}}
+    assert status_patch(before, after) == {"analysis": {"runs": 2}, "gone": None}
+    assert status_patch(after, after) == {}
+
+
+def test_resource_versions_compare_as_revisions_and_anything_else_is_never_older() -> None:
+    assert older("99", "100") and not older("100", "100") and not older("101", "100")
+    assert not older(None, "100") and not older("abc", "100")
+
+
+class Versioned(World):
+    """A World whose status writes answer with a new resourceVersion, like the apiserver."""
+
+    version = 100
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> str:
+        await super().patch_status(namespace, name, status)
+        self.version += 1
+        return str(self.version)
+
+
+async def test_a_body_older_than_our_own_status_write_is_not_decided_on_again() -> None:
+    """The watch may deliver our own write after the next tick: deciding on the older body
+    would take the same transition twice (a second audit entry, a second event). The tick is
+    refused until the body has caught up; the analysis write sends no audit trail."""
+    world = Versioned(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=100, candidate_weight=0),
+    )
+    status = ModelRolloutStatus.model_validate(
+        {
+            "phase": "Succeeded",
+            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "stableVersion": "1",
+            "stableSlot": "a",
+        }
+    ).model_dump(mode="json", by_alias=True)
+    rec = reconciler(world, [])
+    stale = body("2", status)
+    stale["metadata"]["resourceVersion"] = "100"
+    decision = await rec.reconcile(stale, NOW)
+    assert decision is not None and [k for k in world.kinds() if k == "status"] == ["status"]
+    with pytest.raises(StaleStatus, match="older than this operator's own status write 101"):
+        await rec.reconcile(stale, NOW)
+    caught_up = body("2", decision.status.model_dump(mode="json", by_alias=True))
+    caught_up["metadata"]["resourceVersion"] = "101"
+    world.log.clear()
+    await rec.reconcile(caught_up, NOW)  # the same decision again: nothing to write
+    assert "status" not in world.kinds()
+    recreated = body("2", status)
+    recreated["metadata"].update(uid="u2", resourceVersion="5")  # deleted and created again
+    assert await rec.reconcile(recreated, NOW) is not None

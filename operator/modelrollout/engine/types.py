@@ -51,15 +51,20 @@ class SlotState:
     ready: int = 0
     updated: int = 0
     observed_current: bool = False  # deployment.status.observedGeneration == metadata.generation
+    total: int = 0  # status.replicas: pods of every ReplicaSet, old ones included
 
     @property
     def is_ready(self) -> bool:
+        """Rolled out, as ``kubectl rollout status`` has it: every replica updated, no old
+        replica left, and as many ready. Mid-update an old pod still counts in readyReplicas
+        while the new one loads: ready >= desired alone took that for the new version."""
         return (
             self.exists
             and self.observed_current
             and self.desired > 0
             and self.ready >= self.desired
             and self.updated >= self.desired
+            and self.total <= self.updated
         )
 
 

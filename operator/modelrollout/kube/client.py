@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from typing import Any, cast
 
 from kubernetes import client as k8s
@@ -57,6 +58,18 @@ def check_owned(obj: dict[str, Any], owner: dict[str, Any], kind: str) -> None:
 def _json(response: Any) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(response.data)
     return data
+
+
+_RESOURCE_VERSION = re.compile(rb'"resourceVersion":"(\d+)"')
+
+
+def _resource_version_of(response: Any) -> str | None:
+    """The written object's new resourceVersion, from the head of a write's answer (metadata
+    comes first and its resourceVersion before managedFields), the rest dropped unparsed."""
+    head = response.read(8192)
+    _release(response)
+    found = _RESOURCE_VERSION.search(head or b"")
+    return found.group(1).decode() if found else None
 
 
 def _release(response: Any) -> None:
@@ -270,11 +283,14 @@ class KubeClient:
         await asyncio.to_thread(call)
         return True
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource. ``None`` values delete fields."""
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> str | None:
+        """Merge-patch the status subresource (``None`` values delete fields); the object's new
+        resourceVersion."""
 
-        def call() -> None:
-            _release(
+        def call() -> str | None:
+            return _resource_version_of(
                 self.custom.patch_namespaced_custom_object_status(
                     GROUP,
                     VERSION,
@@ -287,4 +303,4 @@ class KubeClient:
                 )
             )
 
-        await asyncio.to_thread(call)
+        return await asyncio.to_thread(call)

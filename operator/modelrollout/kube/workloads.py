@@ -155,6 +155,7 @@ def slot_state(deployment: dict[str, Any] | None) -> SlotState:
         desired=desired,
         ready=int(status.get("readyReplicas") or 0),
         updated=int(status.get("updatedReplicas") or 0),
+        total=int(status.get("replicas") or 0),
         observed_current=int(status.get("observedGeneration") or 0)
         >= int(meta.get("generation") or 0),
     )

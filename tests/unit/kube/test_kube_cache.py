@@ -261,3 +261,29 @@ async def test_a_router_observes_its_route_from_the_cache_and_reads_it_when_not_
     assert (await router.observe()).stable_weight == 100
     # A cache that does not watch the kind (or is not live yet) is never asked.
     assert ObjectCache(k8s.ApiClient()).get(HTTPROUTES, "ns", "route") is None
+
+
+def test_a_status_write_reports_the_new_resource_version_from_the_answers_head() -> None:
+    from modelrollout.kube.client import _resource_version_of
+
+    answer = {
+        "apiVersion": "modelrollout.dev/v1alpha1",
+        "kind": "ModelRollout",
+        "metadata": {"name": "m", "resourceVersion": "4711", "managedFields": [{"x": "y"}]},
+        "status": {"history": [{"resourceVersion": "1"}] * 500},
+    }
+
+    class Answer:
+        def __init__(self) -> None:
+            self.data = json.dumps(answer, separators=(",", ":")).encode()
+            self.drained = False
+
+        def read(self, amt: int) -> bytes:
+            return self.data[:amt]
+
+        def drain_conn(self) -> None:
+            self.drained = True
+
+    response = Answer()
+    assert _resource_version_of(response) == "4711"
+    assert response.drained

@@ -106,7 +106,12 @@ def test_label_value_is_always_a_valid_label() -> None:
 
 
 def _deployment(
-    replicas: int, ready: int, updated: int, generation: int, observed: int
+    replicas: int,
+    ready: int,
+    updated: int,
+    generation: int,
+    observed: int,
+    total: int | None = None,
 ) -> dict[str, Any]:
     return {
         "metadata": {"generation": generation},
@@ -118,6 +123,7 @@ def _deployment(
             "readyReplicas": ready,
             "updatedReplicas": updated,
             "observedGeneration": observed,
+            "replicas": updated if total is None else total,
         },
     }
 
@@ -132,3 +138,10 @@ def test_slot_state_ready_only_when_controller_caught_up_and_all_replicas_ready(
         slot_state(_deployment(2, 2, 2, 4, 3)).is_ready is False
     )  # controller has not seen the edit
     assert slot_state(_deployment(0, 0, 0, 3, 3)).is_ready is False  # scaled to zero serves nothing
+
+
+def test_an_old_ready_pod_does_not_make_an_updated_slot_ready() -> None:
+    """Mid-update (1 replica, maxSurge 1): the new pod loads, the old one still counts in
+    readyReplicas. Only once the old pod is gone is the slot ready with the new version."""
+    assert slot_state(_deployment(1, 1, 1, 4, 4, total=2)).is_ready is False
+    assert slot_state(_deployment(1, 1, 1, 4, 4, total=1)).is_ready is True

@@ -56,6 +56,8 @@ class TestConfig:
         assert cfg.faults.latency_factor == 1.0
         assert cfg.faults.crash_after_s is None
         assert not cfg.faults.shuffled_labels
+        assert cfg.startup_delay_s == 0.0
+        assert from_env({"STARTUP_DELAY_S": "8"}).startup_delay_s == 8.0
 
     @pytest.mark.parametrize(
         ("env", "message"),
@@ -69,6 +71,7 @@ class TestConfig:
             ({"FAULT_SHUFFLED_LABELS": "maybe"}, "FAULT_SHUFFLED_LABELS must be true or false"),
             ({"PORT": "http"}, "PORT must be an integer"),
             ({"FAULT_CRASH_AFTER_S": "nan"}, "FAULT_CRASH_AFTER_S must be a number"),
+            ({"STARTUP_DELAY_S": "-1"}, r"STARTUP_DELAY_S must be a number in \[0, 600\]"),
         ],
     )
     def test_bad_values_are_named(self, env: dict[str, str], message: str) -> None:
