@@ -73,7 +73,7 @@ from bench.probes import (
 )
 from bench.profile import PySpy, summarise
 from bench.watch import TERMINAL, Recorder
-from e2e.harness import OperatorProcess, free_port, install_crd, wait_for
+from e2e.harness import OperatorProcess, free_port, install_crd, release_rollouts, wait_for
 from e2e.lab.controlplane import Lab
 from e2e.scenarios.support import httproute, rollout_manifest
 
@@ -741,21 +741,6 @@ class Round:
             self.api.close()
 
 
-def release_finalizers(custom: k8s.CustomObjectsApi, namespace: str) -> None:
-    """Drop kopf's finalizer from every ModelRollout of ``namespace`` (its operator is gone)."""
-    group, version, plural = "modelrollout.dev", "v1alpha1", "modelrollouts"
-    for item in custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
-        try:
-            custom.patch_namespaced_custom_object(
-                group, version, namespace, plural, item["metadata"]["name"],
-                {"metadata": {"finalizers": None}},
-                _content_type="application/merge-patch+json",
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-
 def release_stuck(core: k8s.CoreV1Api, custom: k8s.CustomObjectsApi, after_s: float = 120) -> None:
     """Bench namespaces of an interrupted run, Terminating for a while because no operator
     removes its finalizers any more: release them (never touches a namespace still in use)."""
@@ -764,7 +749,7 @@ def release_stuck(core: k8s.CoreV1Api, custom: k8s.CustomObjectsApi, after_s: fl
         since = ns.metadata.deletion_timestamp
         if since is not None and (now - since).total_seconds() > after_s:
             log.info("releasing the finalizers of %s (left over, Terminating)", ns.metadata.name)
-            release_finalizers(custom, ns.metadata.name)
+            release_rollouts(custom.api_client, ns.metadata.name)
 
 
 def delete_namespaces(
@@ -788,7 +773,7 @@ def delete_namespaces(
     except AssertionError as exc:
         log.warning("%s; releasing the rollouts' finalizers", exc)
     for ns in left():
-        release_finalizers(custom, ns)
+        release_rollouts(custom.api_client, ns)
     try:
         wait_for("the bench namespaces to be deleted", lambda: not left(), timeout=60 + n * 0.3)
     except AssertionError as exc:

@@ -27,10 +27,9 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.harness import REPO, OperatorProcess, Rollouts, wait_for
+from e2e.harness import REPO, OperatorProcess, Rollouts, release_rollouts, wait_for
 from e2e.lab.controlplane import Lab
 from e2e.scenarios.support import create_route, rollout_manifest
 
@@ -134,18 +133,7 @@ def release_finalizers(kube_api: k8s.ApiClient, namespace: str) -> Iterator[None
     """After the test (its operators are stopped by then) drop kopf's finalizers, so deleting
     the namespace does not wait for an operator forever."""
     yield
-    custom = k8s.CustomObjectsApi(kube_api)
-    group, version, plural = "modelrollout.dev", "v1alpha1", "modelrollouts"
-    for item in custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
-        try:
-            custom.patch_namespaced_custom_object(
-                group, version, namespace, plural, item["metadata"]["name"],
-                {"metadata": {"finalizers": None}},
-                _content_type="application/merge-patch+json",
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    release_rollouts(kube_api, namespace)
 
 
 def test_two_shards_never_act_on_the_same_rollout(

@@ -58,6 +58,18 @@ def body(version: str, status: dict[str, Any] | None = None, **extra: Any) -> di
     }
 
 
+def settled_v1() -> dict[str, Any]:
+    """The stored status of a rollout whose version 1 serves everything from slot a."""
+    return ModelRolloutStatus.model_validate(
+        {
+            "phase": "Succeeded",
+            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "stableVersion": "1",
+            "stableSlot": "a",
+        }
+    ).model_dump(mode="json", by_alias=True)
+
+
 def deployment(version: str, replicas: int = 1, ready: int = 1) -> dict[str, Any]:
     return {
         "metadata": {"generation": 1},
@@ -178,14 +190,7 @@ async def test_traffic_towards_the_candidate_is_set_after_the_status_commits_the
         {"m-a": deployment("1"), "m-b": deployment("2")},
         RouteState(found=True, stable_weight=100, candidate_weight=0),
     )
-    status = ModelRolloutStatus.model_validate(
-        {
-            "phase": "Succeeded",
-            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
-            "stableVersion": "1",
-            "stableSlot": "a",
-        }
-    ).model_dump(mode="json", by_alias=True)
+    status = settled_v1()
     await reconciler(world, []).reconcile(body("2", status), NOW)
     kinds = world.kinds()
     assert "status" in kinds and "route" in kinds
@@ -219,14 +224,7 @@ async def test_a_route_that_cannot_be_managed_holds_the_rollout() -> None:
 
 async def test_an_unchanged_decision_writes_no_status() -> None:
     world = World({"m-a": deployment("1")}, RouteState(found=True, stable_weight=100))
-    status = ModelRolloutStatus.model_validate(
-        {
-            "phase": "Succeeded",
-            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
-            "stableVersion": "1",
-            "stableSlot": "a",
-        }
-    ).model_dump(mode="json", by_alias=True)
+    status = settled_v1()
     first = await reconciler(world, []).reconcile(body("1", status), NOW)
     assert first is not None
     world.log.clear()
@@ -282,14 +280,7 @@ async def test_a_foreign_slot_object_holds_the_rollout_as_invalid() -> None:
             raise SlotNotOwned("Deployment ns/m-b exists and is not owned by ModelRollout m")
 
     world = Foreign({"m-a": deployment("1")}, RouteState(found=True, stable_weight=100))
-    status = ModelRolloutStatus.model_validate(
-        {
-            "phase": "Succeeded",
-            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
-            "stableVersion": "1",
-            "stableSlot": "a",
-        }
-    ).model_dump(mode="json", by_alias=True)
+    status = settled_v1()
     rec = reconciler(world, [])
     first = await rec.reconcile(body("2", status), NOW)
     assert first is not None
@@ -327,19 +318,12 @@ class Versioned(World):
 async def test_a_body_older_than_our_own_status_write_is_not_decided_on_again() -> None:
     """The watch may deliver our own write after the next tick: deciding on the older body
     would take the same transition twice (a second audit entry, a second event). The tick is
-    refused until the body has caught up; the analysis write sends no audit trail."""
+    refused until the body has caught up."""
     world = Versioned(
         {"m-a": deployment("1"), "m-b": deployment("2")},
         RouteState(found=True, stable_weight=100, candidate_weight=0),
     )
-    status = ModelRolloutStatus.model_validate(
-        {
-            "phase": "Succeeded",
-            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
-            "stableVersion": "1",
-            "stableSlot": "a",
-        }
-    ).model_dump(mode="json", by_alias=True)
+    status = settled_v1()
     rec = reconciler(world, [])
     stale = body("2", status)
     stale["metadata"]["resourceVersion"] = "100"
