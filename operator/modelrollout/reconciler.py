@@ -301,10 +301,10 @@ class Reconciler:
         # the models differ (NaN != NaN, but both are null on the wire).
         if after == before:
             return False
-        patch = status_patch(
-            before.model_dump(mode="json", by_alias=True),
-            after.model_dump(mode="json", by_alias=True),
-        )
+        # Against what is stored, not against ``before``: parsing fills in defaults (weights
+        # 0/0, empty analysis), and a field equal to its default but never written must still
+        # be sent once, or readers of the object never see it.
+        patch = status_patch(body.get("status") or {}, after.model_dump(mode="json", by_alias=True))
         if not patch:
             return False
         meta = body["metadata"]
@@ -443,11 +443,17 @@ def older(version: Any, than: str) -> bool:
         return False
 
 
-def status_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch from status ``before`` to ``after``, top-level fields only: the changed
-    ones whole, the removed ones as null."""
-    patch = {key: value for key, value in after.items() if before.get(key) != value}
-    patch.update({key: None for key in before if key not in after})
+_STATUS_FIELDS = frozenset(
+    field.alias or name for name, field in ModelRolloutStatus.model_fields.items()
+)
+
+
+def status_patch(stored: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch from the stored status to ``after``, top-level fields only: the changed
+    or missing ones whole, the removed ones as null. Fields that are not ours (another
+    controller's, kopf's) are left alone."""
+    patch = {key: value for key, value in after.items() if stored.get(key) != value}
+    patch.update({key: None for key in stored if key not in after and key in _STATUS_FIELDS})
     return patch
 
 

@@ -293,10 +293,39 @@ async def test_a_foreign_slot_object_holds_the_rollout_as_invalid() -> None:
 
 
 def test_a_status_patch_carries_only_the_top_level_fields_that_changed() -> None:
-    before = {"phase": "Progressing", "history": [1, 2], "analysis": {"runs": 1}, "gone": "x"}
+    stored = {"phase": "Progressing", "history": [1, 2], "analysis": {"runs": 1}, "message": "x"}
     after = {"phase": "Progressing", "history": [1, 2], "analysis": {"runs": 2}}
-    assert status_patch(before, after) == {"analysis": {"runs": 2}, "gone": None}
+    assert status_patch(stored, after) == {"analysis": {"runs": 2}, "message": None}
     assert status_patch(after, after) == {}
+    # A field another controller (or kopf) keeps in the status is not ours to delete.
+    assert status_patch({**after, "kopf": {"progress": {}}}, after) == {}
+    # A field never stored is sent even when it equals its default.
+    assert status_patch({"phase": "Progressing"}, {"phase": "Progressing", "weights": {}}) == {
+        "weights": {}
+    }
+
+
+async def test_fields_at_their_default_reach_the_stored_status_once() -> None:
+    """Parsing a stored status fills in defaults (weights 0/0): a patch computed against the
+    parsed model would never send them, and ``kubectl get -o yaml`` (and every reader) would
+    see no weights on a rollout held before its first stage."""
+    world = World(  # the candidate is not ready yet: no traffic moves, weights stay 100/0/0
+        {"m-a": deployment("1"), "m-b": deployment("2", ready=0)},
+        RouteState(found=True, stable_weight=100, candidate_weight=0),
+    )
+    stored = {
+        "phase": "Succeeded",
+        "stableVersion": "1",
+        "stableSlot": "a",
+        "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+    }
+    rec = reconciler(world, [])
+    decision = await rec.reconcile(body("2", stored), NOW)
+    assert decision is not None
+    [patch] = [status for kind, status in world.log if kind == "status"]
+    assert decision.status.phase == "Progressing"
+    assert patch["weights"] == {"stable": 100, "candidate": 0, "mirror": 0, "actualCandidate": None}
+    assert "stableSlot" not in patch  # unchanged and stored: not resent
 
 
 def test_resource_versions_compare_as_revisions_and_anything_else_is_never_older() -> None:
