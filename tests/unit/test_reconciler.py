@@ -368,3 +368,19 @@ async def test_a_body_older_than_our_own_status_write_is_not_decided_on_again() 
     recreated = body("2", status)
     recreated["metadata"].update(uid="u2", resourceVersion="5")  # deleted and created again
     assert await rec.reconcile(recreated, NOW) is not None
+
+
+async def test_the_spec_is_parsed_again_when_its_generation_changes() -> None:
+    """The parsed spec is kept per generation: a new generation (any spec edit) is read anew,
+    so a new version applied mid-rollout is seen on the next tick."""
+    world = World(
+        {"m-a": deployment("1"), "m-b": deployment("2", ready=0)},
+        RouteState(found=True, stable_weight=100, candidate_weight=0),
+    )
+    rec = reconciler(world, [])
+    first = await rec.reconcile(body("2", settled_v1()), NOW)
+    assert first is not None and first.status.candidate_version == "2"
+    edited = body("3", first.status.model_dump(mode="json", by_alias=True))
+    edited["metadata"]["generation"] = 4
+    second = await rec.reconcile(edited, NOW)
+    assert second is not None and second.status.candidate_version == "3"
