@@ -74,11 +74,18 @@ def _package(path: str) -> str:
     return Path(path).stem or "?"
 
 
-def summarise(collapsed: str, top: int = 20) -> str:
-    """Own-time and inclusive-time tables of a py-spy raw profile, as plain text."""
+BREAKDOWNS = ("Reconciler.reconcile", "decide", "process_resource_event", "watcher")
+"""Functions whose time :func:`summarise` splits by the function each one calls: the operator's
+tick, the pure engine, and kopf's handling of one watch event and its watch stream."""
+
+
+def summarise(collapsed: str, top: int = 20, breakdowns: tuple[str, ...] = BREAKDOWNS) -> str:
+    """Own-time and inclusive-time tables of a py-spy raw profile, then for each function named
+    in ``breakdowns`` its time split by callee, as plain text (shares of all samples)."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    callees: dict[str, Counter[str]] = {name: Counter() for name in breakdowns}
     total = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -94,6 +101,11 @@ def summarise(collapsed: str, top: int = 20) -> str:
         for name in set(names):
             inclusive[name] += count
         packages[_package(_function(frames[-1])[1])] += count
+        funcs = [func for func, _ in map(_function, frames)]
+        for anchor, counter in callees.items():
+            if anchor in funcs:
+                at = funcs.index(anchor)  # the outermost call: recursion is counted once
+                counter[names[at + 1] if at + 1 < len(names) else "(own time)"] += count
     if not total:
         return "no samples\n"
 
@@ -105,4 +117,8 @@ def summarise(collapsed: str, top: int = 20) -> str:
     lines = table("own time by package (innermost frame)", packages)
     lines += table("own time by function", own)
     lines += table("inclusive time by function", inclusive)
+    for anchor, counter in callees.items():
+        if counter:
+            share = 100 * sum(counter.values()) / total
+            lines += table(f"{anchor}: {share:.1f}% in all, by callee", counter)
     return "\n".join(lines)

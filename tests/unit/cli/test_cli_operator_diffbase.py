@@ -19,6 +19,8 @@ def rollout(history: list[dict[str, Any]]) -> dict[str, Any]:
             "namespace": "ns",
             "uid": "u1",
             "resourceVersion": "7",
+            "managedFields": [{"manager": "modelrollout", "fieldsV1": {"f:status": {}}}],
+            "ownerReferences": [{"kind": "Application", "name": "ml", "uid": "u0"}],
             "labels": {"team": "fraud"},
             "annotations": {
                 "modelrollout.dev/command": "pause:1",
