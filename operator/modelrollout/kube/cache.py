@@ -55,11 +55,18 @@ def _key(obj: Obj) -> Key:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
-def _trim(obj: Obj) -> Obj:
-    """Drop managedFields: nothing reads them, and they are a third of a Deployment's size."""
+def _trim(obj: Obj, kind: Kind | None = None) -> Obj:
+    """Drop what no reader of the cache uses: managedFields (a third of a Deployment's size)
+    and, of a Deployment, its pod's spec (containers, volumes, probes: most of the rest).
+    Readers of a cached Deployment look at its replicas, its template's metadata (the model
+    identity) and its status; every write of the template sends it whole, never a cached copy
+    (docs/performance.md: memory)."""
     meta = obj.get("metadata")
     if isinstance(meta, dict):
         meta.pop("managedFields", None)
+    spec = obj.get("spec")
+    if kind == DEPLOYMENTS and isinstance(spec, dict) and isinstance(spec.get("template"), dict):
+        spec["template"] = {"metadata": spec["template"].get("metadata") or {}}
     return obj
 
 
@@ -127,7 +134,7 @@ class _Watch:
         self._live = False
         resp = self._list(**self._selector, _preload_content=False, _request_timeout=(10, 60))
         doc = json.loads(resp.data)
-        fresh = {_key(item): _trim(item) for item in doc.get("items") or []}
+        fresh = {_key(item): _trim(item, self.kind) for item in doc.get("items") or []}
         for key in [k for k in self._store if self._owns(k) and k not in fresh]:
             self._store.pop(key, None)
         self._store.update(fresh)
@@ -162,7 +169,7 @@ class _Watch:
             if kind == "DELETED":
                 self._store.pop(_key(obj), None)
             elif kind in ("ADDED", "MODIFIED"):
-                self._store[_key(obj)] = _trim(obj)
+                self._store[_key(obj)] = _trim(obj, self.kind)
             if self._on_event is not None and kind in ("ADDED", "MODIFIED", "DELETED"):
                 try:
                     self._on_event(obj)  # after the store: a woken reader sees this version

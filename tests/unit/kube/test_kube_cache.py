@@ -12,7 +12,12 @@ from kubernetes import client as k8s
 from modelrollout.api.models import ModelRolloutSpec
 from modelrollout.kube.cache import DEPLOYMENTS, SERVICES, ObjectCache, _Relist, _Watch
 from modelrollout.kube.client import KubeClient
-from modelrollout.kube.workloads import LABEL_ROLLOUT, build_service
+from modelrollout.kube.workloads import (
+    ANNOTATION_VERSION,
+    LABEL_ROLLOUT,
+    build_service,
+    slot_state,
+)
 from modelrollout.routing import make_router
 
 HTTPROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
@@ -70,6 +75,30 @@ def test_a_list_fills_the_store_without_managed_fields_and_selects_the_operators
     assert set(store) == {("ns", "m-a"), ("ns", "m-b")}
     assert "managedFields" not in store[("ns", "m-a")]["metadata"]
     assert fake.calls[0]["label_selector"] == LABEL_ROLLOUT
+
+
+def test_a_cached_deployment_keeps_what_readiness_and_identity_read_and_drops_the_pod_spec() -> (
+    None
+):
+    template = {
+        "metadata": {"annotations": {ANNOTATION_VERSION: "2"}, "labels": {"a": "b"}},
+        "spec": {"containers": [{"name": "server", "image": "m:2", "env": [{"name": "X"}]}]},
+    }
+    status = {"readyReplicas": 2, "updatedReplicas": 2, "replicas": 2, "observedGeneration": 4}
+    deployment = obj("m-a", spec={"replicas": 2, "template": template}, status=status)
+    deployment["metadata"]["generation"] = 4
+    store: dict[Any, Any] = {}
+    watch(FakeList([deployment]), store)._relist()
+    cached = store[("ns", "m-a")]
+    assert cached["spec"] == {"replicas": 2, "template": {"metadata": template["metadata"]}}
+    assert cached["status"] == status
+    state = slot_state(cached)
+    assert (state.version, state.desired, state.ready, state.is_ready) == ("2", 2, 2, True)
+    # Other kinds keep their spec: a Service's selector and ports, a route's rules.
+    routes: dict[Any, Any] = {}
+    route = obj("m", spec={"rules": [{"backendRefs": [{"name": "m-a"}]}]})
+    _Watch(HTTPROUTES, FakeList([route]), routes, threading.Event(), "ns", None)._relist()
+    assert routes[("ns", "m")]["spec"] == {"rules": [{"backendRefs": [{"name": "m-a"}]}]}
 
 
 def test_watch_events_add_change_and_remove_objects_and_resume_from_the_last_version() -> None:
