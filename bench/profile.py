@@ -96,12 +96,13 @@ def summarise(collapsed: str, top: int = 20, breakdowns: tuple[str, ...] = BREAK
         if not frames:
             continue
         total += count
-        names = [f"{func} ({Path(file).name})" for func, file in map(_function, frames)]
+        parsed = [_function(frame) for frame in frames]
+        names = [f"{func} ({Path(file).name})" for func, file in parsed]
         own[names[-1]] += count
         for name in set(names):
             inclusive[name] += count
-        packages[_package(_function(frames[-1])[1])] += count
-        funcs = [func for func, _ in map(_function, frames)]
+        packages[_package(parsed[-1][1])] += count
+        funcs = [func for func, _ in parsed]
         for anchor, counter in callees.items():
             if anchor in funcs:
                 at = funcs.index(anchor)  # the outermost call: recursion is counted once

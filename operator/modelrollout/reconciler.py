@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from kubernetes.client.exceptions import ApiException
@@ -111,31 +111,21 @@ class Reconciler:
         """``validation.validate(body)``, computed once per spec generation: it reads only the
         spec and the (immutable) name, and any spec change bumps metadata.generation. It was a
         tenth of the operator's CPU when run on every tick (docs/performance.md)."""
-        meta = body["metadata"]
-        key, uid = (meta["namespace"], meta["name"]), str(meta.get("uid") or "")
-        cached = self._validated.get(key)
-        if cached is not None and generation and cached[:2] == (uid, generation):
-            return list(cached[2])
-        problems = [str(p) for p in validation.validate(body)]
-        if len(self._validated) >= VALIDATED_MAX:
-            self._validated.clear()  # deleted rollouts' entries: drop them all now and then
-        self._validated[key] = (uid, generation, problems)
+        problems = _once_per_generation(
+            self._validated, body, generation, lambda: [str(p) for p in validation.validate(body)]
+        )
         return list(problems)
 
     def _spec(self, body: dict[str, Any], generation: int) -> ModelRolloutSpec:
         """The parsed spec, once per spec generation like :meth:`_validate` (parsing it on every
         tick was a tenth of the operator's CPU at 1,000 rollouts, docs/performance.md). The
         engine never edits the spec, so one parsed copy serves every tick of a generation."""
-        meta = body["metadata"]
-        key, uid = (meta["namespace"], meta["name"]), str(meta.get("uid") or "")
-        cached = self._specs.get(key)
-        if cached is not None and generation and cached[:2] == (uid, generation):
-            return cached[2]
-        spec = ModelRolloutSpec.model_validate(body.get("spec") or {})
-        if len(self._specs) >= VALIDATED_MAX:
-            self._specs.clear()  # deleted rollouts' entries: drop them all now and then
-        self._specs[key] = (uid, generation, spec)
-        return spec
+        return _once_per_generation(
+            self._specs,
+            body,
+            generation,
+            lambda: ModelRolloutSpec.model_validate(body.get("spec") or {}),
+        )
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision | None:
         started = time.perf_counter()
@@ -444,6 +434,29 @@ def _api_message(exc: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message or exc.reason or exc.status)[:1000]
+
+
+_T = TypeVar("_T")
+
+
+def _once_per_generation(
+    cache: dict[tuple[str, str], tuple[str, int, _T]],
+    body: dict[str, Any],
+    generation: int,
+    compute: Callable[[], _T],
+) -> _T:
+    """``compute()`` for this rollout's spec generation, from ``cache`` when it has it (same uid
+    and generation; generation 0, unknown, is never cached). An exception is not cached."""
+    meta = body["metadata"]
+    key, uid = (meta["namespace"], meta["name"]), str(meta.get("uid") or "")
+    cached = cache.get(key)
+    if cached is not None and generation and cached[:2] == (uid, generation):
+        return cached[2]
+    value = compute()
+    if len(cache) >= VALIDATED_MAX:
+        cache.clear()  # deleted rollouts' entries: drop them all now and then
+    cache[key] = (uid, generation, value)
+    return value
 
 
 class StaleStatus(Exception):
