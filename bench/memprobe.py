@@ -8,18 +8,27 @@ tracemalloc recording 12 frames per allocation. On SIGUSR1 it writes the live al
 own code, kopf or the kubernetes client (so "kopf keeps the last body" and "the reconciler's
 status model" come out as lines of their own). ``bench.run --memory-profile`` uses it.
 tracemalloc roughly doubles the operator's CPU: never use it for the timing figures.
+
+With ``MEMPROBE=census`` in the environment it runs without tracemalloc (at full speed) and the
+report is a census instead: the deep size of what each known holder keeps (kopf's per-object
+memories, asyncio tasks, the watch cache, the reconciler), then the live objects by type. Objects
+shared between holders count for the first holder that reaches them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import os
 import signal
 import sys
 import tracemalloc
 from collections import Counter
 from pathlib import Path
-from types import FrameType
+from types import BuiltinFunctionType, CoroutineType, FrameType, FunctionType, ModuleType
+from typing import Any
 
-FRAMES = 12
+FRAMES = int(os.environ.get("MEMPROBE_FRAMES", "12"))
 OWN = ("modelrollout/", "kopf/", "kubernetes/", "bench/", "prometheus_client/", "structlog/")
 
 
@@ -49,6 +58,100 @@ def report(top: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Not followed: code, and the machinery of asyncio (a future reaches its task, a task its whole
+# await chain; the frames' variables are attributed by name instead, see _frame_locals).
+_OPAQUE = (
+    type,
+    ModuleType,
+    FunctionType,
+    BuiltinFunctionType,
+    asyncio.Future,
+    CoroutineType,
+    FrameType,
+)
+
+
+def _deep_size(roots: list[Any], seen: set[int]) -> tuple[int, int]:
+    """Bytes and object count reachable from ``roots`` and not in ``seen`` (which grows)."""
+    size = count = 0
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _OPAQUE):
+            continue
+        seen.add(id(obj))
+        size += sys.getsizeof(obj)
+        count += 1
+        stack.extend(gc.get_referents(obj))
+    return size, count
+
+
+def _instances(objects: list[Any], *names: str) -> list[Any]:
+    return [o for o in objects if type(o).__name__ in names]
+
+
+def _frame_locals(tasks: list[Any]) -> dict[str, list[Any]]:
+    """The local variables of every coroutine frame along each task's await chain, by
+    ``coroutine.variable`` (what a sleeping daemon keeps alive between its reconciles)."""
+    out: dict[str, list[Any]] = {}
+    for task in tasks:
+        coro = task.get_coro()
+        while coro is not None and hasattr(coro, "cr_frame"):
+            frame = coro.cr_frame
+            if frame is None:
+                break
+            for name, value in frame.f_locals.items():
+                out.setdefault(f"{coro.__qualname__}.{name}", []).append(value)
+            coro = coro.cr_await
+    return out
+
+
+def census(loop: asyncio.AbstractEventLoop | None) -> str:
+    gc.collect()
+    objects = gc.get_objects()
+    seen: set[int] = {id(objects)}
+    # Modules, classes and functions are opaque, so what the code itself is does not count.
+    tasks = list(asyncio.all_tasks(loop)) if loop is not None else []
+    memories = _instances(objects, "ResourceMemory")
+    groups: list[tuple[str, list[Any]]] = [
+        ("watch cache (ObjectCache)", _instances(objects, "ObjectCache")),
+        ("reconciler", _instances(objects, "Reconciler")),
+        (
+            "kopf daemons_memory.live_fresh_body",
+            [m.daemons_memory.live_fresh_body for m in memories],
+        ),
+        ("kopf remaining_patch", [m.remaining_patch for m in memories]),
+    ]
+    by_local = _frame_locals(tasks)
+    groups += [(f"task local {name}", values) for name, values in sorted(by_local.items())]
+    if memories:
+        for attr in vars(memories[0]):
+            groups.append((f"kopf ResourceMemory.{attr}", [getattr(m, attr) for m in memories]))
+    groups += [
+        (f"asyncio tasks ({len(tasks)}), the rest", tasks),
+        ("thread pool work queue", _instances(objects, "ThreadPoolExecutor")),
+        ("prometheus_client registry", _instances(objects, "CollectorRegistry")),
+    ]
+    lines = [f"gc-tracked objects: {len(objects)}", "", "deep size by holder:"]
+    for label, roots in groups:
+        size, count = _deep_size(roots, seen)
+        if size >= 2**16:
+            lines.append(f"{size / 2**20:9.2f} MiB {count:9d} objects  {label} [{len(roots)}]")
+    rest, rest_count = _deep_size(objects, seen)
+    lines.append(f"{rest / 2**20:9.2f} MiB {rest_count:9d} objects  everything else gc tracks")
+    by_type: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for obj in objects:
+        name = type(obj).__qualname__
+        by_type[name] += 1
+        sizes[name] += sys.getsizeof(obj)
+    lines += ["", "gc-tracked objects by type (shallow size):"]
+    lines += [f"{sizes[n] / 2**20:9.2f} MiB {c:9d}  {n}" for n, c in by_type.most_common(25)]
+    with open("/proc/self/status") as status:
+        lines += [""] + [ln.strip() for ln in status if ln.startswith(("VmRSS", "VmHWM"))]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     if len(sys.argv) < 3 or sys.argv[2] != "--":
         raise SystemExit("usage: python -m bench.memprobe OUTPUT -- <modelrollout run arguments>")
@@ -64,10 +167,16 @@ def main() -> None:
     assert modelrollout.app and modelrollout.handlers
     for api in ("CoreV1Api", "AppsV1Api", "CustomObjectsApi"):  # imported lazily, and huge
         getattr(client, api)
-    tracemalloc.start(FRAMES)
+    mode = os.environ.get("MEMPROBE", "tracemalloc")
+    if mode != "census":
+        tracemalloc.start(FRAMES)
 
     def dump(signum: int, frame: FrameType | None) -> None:
-        output.write_text(report())
+        if mode == "census":
+            # A signal handler runs in the main thread, which is the loop's thread.
+            output.write_text(census(asyncio._get_running_loop()))
+        else:
+            output.write_text(report())
 
     signal.signal(signal.SIGUSR1, dump)
     operator_main(sys.argv[3:])
