@@ -34,6 +34,7 @@ log = structlog.get_logger("modelrollout.handlers")
 RESYNC = timedelta(seconds=30)
 ERROR_BACKOFF = timedelta(seconds=2)
 STALE_RETRY = timedelta(milliseconds=200)
+MAX_CONCURRENT_RECONCILES = 128
 
 
 @dataclass
@@ -43,6 +44,12 @@ class Memo:
     reconciler: Reconciler | None = None
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     seen: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+    # Reconciles in flight at once. When every rollout's stage ends at the same moment, 1,000
+    # reconciles at once each held a parsed status, its working copies and a decision: the
+    # operator's peak memory. The CPU is the limit then anyway; the rest wait their turn, FIFO.
+    reconcile_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
+    )
 
 
 def _now() -> datetime:
@@ -65,26 +72,37 @@ async def drive(
     try:
         while not stopped:
             wake.clear()
-            delay = RESYNC
-            now = _now()
-            try:
-                decision = await memo.reconciler.reconcile(_plain(body), now)
-                if decision is not None and decision.requeue_after is not None:
-                    # requeue_after counts from the tick's `now`: the time the reconcile itself
-                    # took (a slow apiserver) must not push every next look back by as much.
-                    left = now + decision.requeue_after - _now()
-                    delay = min(max(left, timedelta(milliseconds=100)), RESYNC)
-            except StaleStatus as exc:
-                log.debug("body older than our own write; looking again", reason=str(exc))
-                delay = STALE_RETRY
-            except Exception:
-                log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
-                delay = ERROR_BACKOFF
+            async with memo.reconcile_slots:
+                delay = await _reconcile_once(memo.reconciler, body, namespace, name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay.total_seconds())
     finally:
         memo.wakeups.pop(key, None)
         memo.seen.pop(key, None)
+
+
+async def _reconcile_once(
+    reconciler: Reconciler, body: kopf.Body, namespace: str | None, name: str
+) -> timedelta:
+    """One reconcile; how long to sleep before the next. Nothing of the reconcile outlives it:
+    the daemon sleeps holding only the delay (it once held the last Decision, a parsed status
+    with its audit trail, per rollout between ticks: a fifth of the operator's memory at 1,000
+    rollouts, docs/performance.md)."""
+    now = _now()
+    try:
+        decision = await reconciler.reconcile(_plain(body), now)
+    except StaleStatus as exc:
+        log.debug("body older than our own write; looking again", reason=str(exc))
+        return STALE_RETRY
+    except Exception:
+        log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
+        return ERROR_BACKOFF
+    if decision is None or decision.requeue_after is None:
+        return RESYNC
+    # requeue_after counts from the tick's `now`: the time the reconcile itself took (a slow
+    # apiserver) must not push every next look back by as much.
+    left = now + decision.requeue_after - _now()
+    return min(max(left, timedelta(milliseconds=100)), RESYNC)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

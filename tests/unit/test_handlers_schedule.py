@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
+import weakref
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -51,3 +54,79 @@ async def test_a_reconcile_slower_than_the_requeue_is_followed_after_a_short_pau
     await drive(body=BODY, name="m", namespace="ns", stopped=StopAfter(reconciler, 2), memo=memo)  # type: ignore[call-arg]
     [gap] = [b - a for a, b in zip(reconciler.starts, reconciler.starts[1:], strict=False)]
     assert 0.7 <= gap < 1.0, gap  # 0.6 s of work, then the 0.1 s floor: never a busy loop
+
+
+class Decision:
+    """Stands for the engine's Decision (a parsed status with its audit trail)."""
+
+    requeue_after = timedelta(seconds=30)
+
+
+async def test_the_daemon_sleeps_without_holding_the_last_decision() -> None:
+    # 1,000 sleeping daemons each holding their last Decision were a fifth of the operator's
+    # memory (docs/performance.md): between ticks, nothing of the reconcile may stay alive.
+    made: list[weakref.ref[Decision]] = []
+    asleep = asyncio.Event()
+
+    class Reconciler:
+        async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision:
+            decision = Decision()
+            made.append(weakref.ref(decision))
+            asyncio.get_running_loop().call_soon(asleep.set)
+            return decision
+
+    memo = Memo(reconciler=Reconciler())  # type: ignore[arg-type]
+    daemon = asyncio.create_task(
+        drive(body=BODY, name="m", namespace="ns", stopped=False, memo=memo)  # type: ignore[call-arg, arg-type]
+    )
+    try:
+        await asyncio.wait_for(asleep.wait(), timeout=5)
+        await asyncio.sleep(0)  # the daemon reaches its sleep
+        gc.collect()
+        assert len(made) == 1 and made[0]() is None
+        assert not daemon.done()
+    finally:
+        daemon.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon
+
+
+async def test_no_more_reconciles_in_flight_than_the_memo_allows() -> None:
+    # 1,000 stages ending at once must not mean 1,000 parsed statuses in memory at once.
+    in_flight, peak, done = 0, 0, 0
+
+    class Reconciler:
+        async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
+            nonlocal in_flight, peak, done
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.01)  # the reconcile's API calls
+            in_flight -= 1
+            done += 1
+            return SimpleNamespace(requeue_after=timedelta(seconds=30))
+
+    memo = Memo(reconciler=Reconciler(), reconcile_slots=asyncio.Semaphore(3))  # type: ignore[arg-type]
+
+    class Once:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def __bool__(self) -> bool:  # stopped after the first reconcile
+            self.asked += 1
+            return self.asked > 1
+
+    daemons = [
+        drive(body=BODY, name=f"m{i}", namespace="ns", stopped=Once(), memo=memo)  # type: ignore[call-arg, arg-type]
+        for i in range(10)
+    ]
+    tasks = [asyncio.create_task(d) for d in daemons]
+
+    async def all_reconciled() -> None:
+        while done < 10:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(all_reconciled(), timeout=10)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert peak == 3
