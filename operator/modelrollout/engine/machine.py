@@ -9,7 +9,11 @@ docstring for the semantics.
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timedelta
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from modelrollout import audit
 from modelrollout.api.models import (
@@ -140,10 +144,30 @@ def working_copy(status: ModelRolloutStatus) -> ModelRolloutStatus:
     history = status.history
     status.history = []
     try:
-        copied = status.model_copy(deep=True)
+        copied = _copy_model(status)
     finally:
         status.history = history
     copied.history = list(history)
+    return copied
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _copy_model(model: _M) -> _M:
+    """A deep copy of a status model, 3.5 times as fast as ``model_copy(deep=True)``: a status
+    holds only models, lists and immutable leaves (str, int, float, datetime, enums, None), so
+    only the models and lists are copied; ``copy.deepcopy``'s generic machinery (memo, reduce)
+    is what made the engine's copies a tenth of the operator's CPU (docs/performance.md)."""
+    copied = model.__copy__()  # pydantic's shallow copy: __dict__, fields set, extras
+    values = copied.__dict__
+    for key, value in values.items():
+        if isinstance(value, BaseModel):
+            values[key] = _copy_model(value)
+        elif isinstance(value, list):
+            values[key] = [_copy_model(v) if isinstance(v, BaseModel) else v for v in value]
+        elif isinstance(value, dict):  # none in the status today; copied should one appear
+            values[key] = copy.deepcopy(value)
     return copied
 
 
