@@ -7,6 +7,7 @@ and the structured audit log line of every decision.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -148,6 +149,7 @@ def build_memo(
     prometheus_url: str | None,
     history_limit: int = 100,
     cache: ObjectCache | None = None,
+    max_concurrent_reconciles: int | None = None,
 ) -> Memo:
     kube = KubeClient(api_client, cache)
     hooks = Webhooks(kube)
@@ -194,7 +196,10 @@ def build_memo(
         on_decision=on_decision,
         register_secret=observability.register_secret,
     )
-    return Memo(reconciler=reconciler)
+    memo = Memo(reconciler=reconciler)
+    if max_concurrent_reconciles is not None:
+        memo.reconcile_slots = asyncio.Semaphore(max_concurrent_reconciles)
+    return memo
 
 
 def _webhooks(body: dict[str, Any]) -> list[WebhookSpec]:

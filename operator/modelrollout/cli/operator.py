@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--history-limit", type=int, default=100, help="audit entries kept in status")
     run.add_argument(
+        "--max-concurrent-reconciles",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="reconciles in flight at once; the others wait their turn (bounds the memory of a "
+        "burst, docs/performance.md; default 128)",
+    )
+    run.add_argument(
         "--watch-cache",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -208,6 +216,7 @@ def run(args: argparse.Namespace) -> None:
         prometheus_url=args.prometheus_url,
         history_limit=args.history_limit,
         cache=cache,
+        max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
 
     @kopf.on.login()
