@@ -34,7 +34,7 @@ log = structlog.get_logger("modelrollout.handlers")
 RESYNC = timedelta(seconds=30)
 ERROR_BACKOFF = timedelta(seconds=2)
 STALE_RETRY = timedelta(milliseconds=200)
-MAX_CONCURRENT_RECONCILES = 128
+MAX_CONCURRENT_RECONCILES = 256
 
 
 @dataclass

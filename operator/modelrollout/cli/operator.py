@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="reconciles in flight at once; the others wait their turn (bounds the memory of a "
-        "burst, docs/performance.md; default 128)",
+        "burst, docs/performance.md; default 256)",
     )
     run.add_argument(
         "--watch-cache",
