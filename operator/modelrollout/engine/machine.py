@@ -9,9 +9,8 @@ docstring for the semantics.
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -151,24 +150,27 @@ def working_copy(status: ModelRolloutStatus) -> ModelRolloutStatus:
     return copied
 
 
-_M = TypeVar("_M", bound=BaseModel)
+_V = TypeVar("_V")
 
 
-def _copy_model(model: _M) -> _M:
-    """A deep copy of a status model, 3.5 times as fast as ``model_copy(deep=True)``: a status
-    holds only models, lists and immutable leaves (str, int, float, datetime, enums, None), so
-    only the models and lists are copied; ``copy.deepcopy``'s generic machinery (memo, reduce)
-    is what made the engine's copies a tenth of the operator's CPU (docs/performance.md)."""
-    copied = model.__copy__()  # pydantic's shallow copy: __dict__, fields set, extras
-    values = copied.__dict__
-    for key, value in values.items():
-        if isinstance(value, BaseModel):
-            values[key] = _copy_model(value)
-        elif isinstance(value, list):
-            values[key] = [_copy_model(v) if isinstance(v, BaseModel) else v for v in value]
-        elif isinstance(value, dict):  # none in the status today; copied should one appear
-            values[key] = copy.deepcopy(value)
-    return copied
+def _copy_model(value: _V) -> _V:
+    """A deep copy of a status (or any part of it), about 2.5 times as fast as
+    ``model_copy(deep=True)`` (40 against 95 µs for a bench rollout's status on a quiet
+    machine): models, lists and dicts are copied, everything else is shared, which is safe
+    because a status's leaves are immutable (str, int, float, datetime, enums, None).
+    ``copy.deepcopy``'s generic machinery (memo, reduce) is what made the engine's copies a
+    tenth of the operator's CPU (docs/performance.md)."""
+    if isinstance(value, BaseModel):
+        copied = value.__copy__()  # pydantic's shallow copy: __dict__, fields set, extras
+        values = copied.__dict__
+        for key, item in values.items():
+            values[key] = _copy_model(item)
+        return copied
+    if isinstance(value, list):
+        return cast(_V, [_copy_model(item) for item in value])
+    if isinstance(value, dict):
+        return cast(_V, {key: _copy_model(item) for key, item in value.items()})
+    return value
 
 
 def _run_to_fixed_point(t: Tick) -> None:
