@@ -27,7 +27,7 @@ from modelrollout.api.models import (
     WebhookType,
 )
 from modelrollout.engine.types import Decision, GateResult, Notify, Observation
-from modelrollout.handlers import Memo
+from modelrollout.handlers import MAX_CONCURRENT_RECONCILES, Memo
 from modelrollout.kube.cache import ObjectCache
 from modelrollout.kube.client import KubeClient, SecretNotFound
 from modelrollout.metrics.prometheus import PrometheusProviderFactory, QueryEvent
@@ -196,10 +196,8 @@ def build_memo(
         on_decision=on_decision,
         register_secret=observability.register_secret,
     )
-    memo = Memo(reconciler=reconciler)
-    if max_concurrent_reconciles is not None:
-        memo.reconcile_slots = asyncio.Semaphore(max_concurrent_reconciles)
-    return memo
+    slots = max_concurrent_reconciles or MAX_CONCURRENT_RECONCILES
+    return Memo(reconciler=reconciler, reconcile_slots=asyncio.Semaphore(slots))
 
 
 def _webhooks(body: dict[str, Any]) -> list[WebhookSpec]:
