@@ -154,3 +154,37 @@ def mean_between(before: Sample, after: Sample, histogram: str, **labels: str) -
     return (
         total(after, f"{histogram}_sum", **labels) - total(before, f"{histogram}_sum", **labels)
     ) / count
+
+
+def quantile_between(
+    before: Sample, after: Sample, histogram: str, q: float, **labels: str
+) -> float | None:
+    """The q-quantile of a histogram's observations between two snapshots, interpolated
+    within its bucket as PromQL's histogram_quantile does (None: no observation; the largest
+    finite bound if it falls in the +Inf bucket)."""
+    name = f"{histogram}_bucket"
+
+    def buckets(samples: Sample) -> dict[float, float]:
+        out: dict[float, float] = {}
+        for (sample_name, sample_labels), value in samples.items():
+            found = dict(sample_labels)
+            if sample_name != name or not set(labels.items()) <= set(sample_labels):
+                continue
+            bound = float(found["le"])
+            out[bound] = out.get(bound, 0.0) + value
+        return out
+
+    old, new = buckets(before), buckets(after)
+    cumulative = sorted((bound, new[bound] - old.get(bound, 0.0)) for bound in new)
+    if not cumulative or cumulative[-1][1] <= 0:
+        return None
+    rank = q * cumulative[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in cumulative:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            share = (rank - below) / (count - below) if count > below else 1.0
+            return lower + (bound - lower) * share
+        lower, below = bound, count
+    return lower

@@ -66,6 +66,7 @@ from bench.probes import (
     apiserver_samples,
     cpu_seconds,
     mean_between,
+    quantile_between,
     reads_between,
     scrape,
     total,
@@ -665,6 +666,15 @@ class Round:
         reconcile_s = total(op_after, "modelrollout_reconcile_duration_seconds_sum") - total(
             op_before, "modelrollout_reconcile_duration_seconds_sum"
         )
+        by_trigger = {
+            dict(labels)["trigger"]: int(value - op_before.get((name, labels), 0.0))
+            for (name, labels), value in sorted(op_after.items())
+            if name == "modelrollout_reconciles_total"
+        }
+        deferred = total(op_after, "modelrollout_reconciles_deferred_total") - total(
+            op_before, "modelrollout_reconciles_deferred_total"
+        )
+        queue = "modelrollout_reconcile_queue_seconds"
         prom_api = total(
             after["prometheus"], "prometheus_http_requests_total", handler="/api/v1/query"
         ) - total(before["prometheus"], "prometheus_http_requests_total", handler="/api/v1/query")
@@ -719,6 +729,10 @@ class Round:
             "reconciles": int(reconciles),
             "reconciles_per_rollout_minute": round(reconciles / n / (window / 60), 2),
             "reconcile_mean_ms": round(1000 * reconcile_s / reconciles, 2) if reconciles else None,
+            "reconciles_by_trigger": by_trigger,
+            "reconciles_deferred": int(deferred),
+            "reconcile_queue_mean_s": _round(mean_between(op_before, op_after, queue)),
+            "reconcile_queue_p99_s": _round(quantile_between(op_before, op_after, queue, 0.99)),
             "apiserver_gets_by_resource": reads_between(api_before, api_after),
             "apiserver_get_mean_ms": _ms(latency["GET"]),
             "apiserver_patch_mean_ms": _ms(latency["PATCH"]),
@@ -781,6 +795,10 @@ def delete_namespaces(
 
 
 # ------------------------------------------------------------------------------ output
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _ms(seconds: float | None) -> float | None:

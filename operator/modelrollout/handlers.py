@@ -2,7 +2,8 @@
 
 - one daemon per ModelRollout drives it: reconcile, then sleep until the engine's next due time
   or until the object changes (new spec generation or a manual command), whichever is first;
-- a low-level event handler wakes the daemon on such changes (status writes do not wake it);
+- a low-level event handler wakes the daemon on such changes (status writes do not wake it,
+  except the one a deferred tick waits for: its own last write coming back through the watch);
 - a deletion handler leaves the user's route pointing at the stable backend.
 """
 
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import kopf
 import structlog
 
+from modelrollout import observability
 from modelrollout.api.models import (
     ANNOTATION_COMMAND,
     GROUP,
@@ -26,15 +30,52 @@ from modelrollout.api.models import (
     ModelRolloutStatus,
 )
 from modelrollout.kube.workloads import slot_name
-from modelrollout.reconciler import Reconciler, StaleStatus
+from modelrollout.reconciler import Reconciler, StaleStatus, older
 from modelrollout.routing import make_router
 
 log = structlog.get_logger("modelrollout.handlers")
 
 RESYNC = timedelta(seconds=30)
 ERROR_BACKOFF = timedelta(seconds=2)
-STALE_RETRY = timedelta(milliseconds=200)
+CATCH_UP_WAIT = timedelta(seconds=2)
+"""The longest a tick waits for the watch to deliver the operator's own last status write."""
 MAX_CONCURRENT_RECONCILES = 256
+
+
+class Trigger(StrEnum):
+    """Why a daemon looks again (the ``trigger`` label of ``modelrollout_reconciles_total``)."""
+
+    START = "start"  # the daemon started: the operator started or the rollout appeared
+    DUE = "due"  # the time the engine asked for (a stage's end, the next analysis, a poll)
+    CHANGE = "change"  # a new spec generation or a manual command
+    WORKLOAD = "workload"  # one of its Deployments changed what the engine sees of it
+    CAUGHT_UP = "caught-up"  # its own last status write came back through the watch
+    RETRY = "retry"  # after an error, or a deferred tick whose write did not come back in time
+
+
+class Wakeup:
+    """A sleeping daemon's alarm clock: anyone with a reason for it to look now sets it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.reason: Trigger | None = None
+        # The resourceVersion a deferred tick waits for (its own last status write), or None.
+        self.awaited_version: str | None = None
+
+    def set(self, reason: Trigger) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+        self.reason = None
+
+    async def sleep(self, delay: timedelta, otherwise: Trigger = Trigger.DUE) -> Trigger:
+        """Sleep ``delay`` unless set first; the reason to look again."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout=delay.total_seconds())
+        return self.reason or otherwise
 
 
 @dataclass
@@ -42,7 +83,7 @@ class Memo:
     """The operator's shared state, handed to kopf as ``memo``."""
 
     reconciler: Reconciler | None = None
-    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    wakeups: dict[tuple[str, str], Wakeup] = field(default_factory=dict)
     seen: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
     # Reconciles in flight at once. When every rollout's stage ends at the same moment, 1,000
     # reconciles at once each held a parsed status, its working copies and a decision: the
@@ -68,14 +109,28 @@ async def drive(
     """Drive one rollout for as long as it exists."""
     assert memo.reconciler is not None
     key = (namespace or "", name)
-    wake = memo.wakeups.setdefault(key, asyncio.Event())
+    wake = memo.wakeups.setdefault(key, Wakeup())
+    metrics = observability.METRICS
+    trigger = Trigger.START
     try:
         while not stopped:
             wake.clear()
+            metrics.reconcile_started(trigger)
+            queued = time.perf_counter()
             async with memo.reconcile_slots:
-                delay = await _reconcile_once(memo.reconciler, body, namespace, name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=delay.total_seconds())
+                metrics.reconcile_queue.observe(time.perf_counter() - queued)
+                delay, awaited = await _reconcile_once(memo.reconciler, body, namespace, name)
+            if awaited is None:
+                trigger = await wake.sleep(delay)
+                continue
+            # The body is older than our own last write: wait, outside the slot, for the watch
+            # to deliver it (wake_on_change sees it arrive) instead of polling for it.
+            metrics.reconcile_deferred()
+            wake.awaited_version = awaited
+            if _caught_up(body, awaited):
+                wake.set(Trigger.CAUGHT_UP)  # it arrived while we were finding out
+            trigger = await wake.sleep(delay, otherwise=Trigger.RETRY)
+            wake.awaited_version = None
     finally:
         memo.wakeups.pop(key, None)
         memo.seen.pop(key, None)
@@ -83,38 +138,49 @@ async def drive(
 
 async def _reconcile_once(
     reconciler: Reconciler, body: kopf.Body, namespace: str | None, name: str
-) -> timedelta:
-    """One reconcile; how long to sleep before the next. Nothing of the reconcile outlives it:
-    the daemon sleeps holding only the delay (it once held the last Decision, a parsed status
-    with its audit trail, per rollout between ticks: ~30 MiB at 1,000 rollouts,
+) -> tuple[timedelta, str | None]:
+    """One reconcile: how long to sleep before the next, and the resourceVersion to wait for
+    if the body was older than the operator's own last status write. Nothing of the reconcile
+    outlives it: the daemon sleeps holding only these (it once held the last Decision, a parsed
+    status with its audit trail, per rollout between ticks: ~30 MiB at 1,000 rollouts,
     docs/performance.md)."""
     now = _now()
     try:
         decision = await reconciler.reconcile(_plain(body), now)
     except StaleStatus as exc:
-        log.debug("body older than our own write; looking again", reason=str(exc))
-        return STALE_RETRY
+        log.debug("body older than our own write; waiting for it", reason=str(exc))
+        return CATCH_UP_WAIT, exc.written
     except Exception:
         log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
-        return ERROR_BACKOFF
+        return ERROR_BACKOFF, None
     if decision is None or decision.requeue_after is None:
-        return RESYNC
+        return RESYNC, None
     # requeue_after counts from the tick's `now`: the time the reconcile itself took (a slow
     # apiserver) must not push every next look back by as much.
     left = now + decision.requeue_after - _now()
-    return min(max(left, timedelta(milliseconds=100)), RESYNC)
+    return min(max(left, timedelta(milliseconds=100)), RESYNC), None
+
+
+def _caught_up(body: kopf.Body | dict[str, Any], awaited: str) -> bool:
+    return not older(body.get("metadata", {}).get("resourceVersion"), awaited)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def wake_on_change(
     body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any
 ) -> None:
-    """Wake the rollout's daemon when its spec or manual command changed (not on status writes).
+    """Wake the rollout's daemon when its spec or manual command changed (not on status writes,
+    except the one a deferred tick waits for).
 
     Async on purpose: kopf runs a sync handler in a worker thread, and ``asyncio.Event.set()``
     is not thread-safe (the daemon might not wake until the loop wakes for something else).
     """
     key = (namespace or "", name)
+    wake = memo.wakeups.get(key)
+    awaited = wake.awaited_version if wake is not None else None
+    if wake is not None and awaited is not None and _caught_up(body, awaited):
+        wake.awaited_version = None
+        wake.set(Trigger.CAUGHT_UP)
     fingerprint = (
         body.metadata.get("generation"),
         (body.metadata.annotations or {}).get(ANNOTATION_COMMAND),
@@ -122,9 +188,8 @@ async def wake_on_change(
     if memo.seen.get(key) == fingerprint:
         return
     memo.seen[key] = fingerprint
-    event = memo.wakeups.get(key)
-    if event is not None:
-        event.set()
+    if wake is not None:
+        wake.set(Trigger.CHANGE)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

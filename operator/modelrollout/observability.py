@@ -366,6 +366,25 @@ class OperatorMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self.reconciles = Counter(
+            "modelrollout_reconciles",
+            "Reconciles started, by what triggered them (start, due, change, workload, "
+            "caught-up, retry).",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.reconcile_queue = Histogram(
+            "modelrollout_reconcile_queue_seconds",
+            "Time a due reconcile waited for one of the --max-concurrent-reconciles slots.",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.reconciles_deferred = Counter(
+            "modelrollout_reconciles_deferred",
+            "Reconciles put off because the rollout's body was older than the operator's own "
+            "last status write (the watch had not delivered it yet).",
+            registry=self.registry,
+        )
         self.prometheus_query_duration = Histogram(
             "modelrollout_prometheus_query_duration_seconds",
             "Time spent in one Prometheus query of the analysis.",
@@ -423,6 +442,12 @@ class OperatorMetrics:
         labels = (namespace, name, code)
         self.rollbacks.labels(*labels).inc()
         self._remember(namespace, name, "rollbacks", labels)
+
+    def reconcile_started(self, trigger: str) -> None:
+        self.reconciles.labels(str(trigger)).inc()
+
+    def reconcile_deferred(self) -> None:
+        self.reconciles_deferred.inc()
 
     def prometheus_query_error(self) -> None:
         self.prometheus_query_errors.inc()

@@ -137,10 +137,7 @@ class Reconciler:
             and written[0] == str(meta.get("uid") or "")
             and older(meta.get("resourceVersion"), written[1])
         ):
-            raise StaleStatus(
-                f"{namespace}/{name}: resourceVersion {meta.get('resourceVersion')} is older "
-                f"than this operator's own status write {written[1]}"
-            )
+            raise StaleStatus(namespace, name, str(meta.get("resourceVersion")), written[1])
         # Parsed afresh every tick, not cached per resourceVersion: a parsed status with a full
         # audit trail is ~300 KiB, memory that 1,000 rollouts cannot spare (docs/performance.md).
         status = _parse_status(body.get("status"))
@@ -461,7 +458,15 @@ def _once_per_generation(
 
 class StaleStatus(Exception):
     """The rollout's body is older than the operator's own last status write (the watch has
-    not delivered that write yet): look again in a moment rather than decide twice."""
+    not delivered that write yet): look again once it has, rather than decide twice.
+    ``written`` is the resourceVersion to wait for."""
+
+    def __init__(self, namespace: str, name: str, seen: str, written: str) -> None:
+        super().__init__(
+            f"{namespace}/{name}: resourceVersion {seen} is older than this operator's own "
+            f"status write {written}"
+        )
+        self.written = written
 
 
 def older(version: Any, than: str) -> bool:

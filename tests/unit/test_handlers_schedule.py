@@ -12,8 +12,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import kopf
+import pytest
 
-from modelrollout.handlers import Memo, drive
+from modelrollout import handlers
+from modelrollout.handlers import CATCH_UP_WAIT, Memo, Trigger, Wakeup, drive, wake_on_change
+from modelrollout.observability import METRICS
+from modelrollout.reconciler import StaleStatus
 
 BODY = kopf.Body({"metadata": {"name": "m", "namespace": "ns"}, "spec": {}, "status": {}})
 
@@ -130,3 +134,102 @@ async def test_no_more_reconciles_in_flight_than_the_memo_allows() -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert peak == 3
+
+
+class StaleOnce:
+    """The first tick finds the body older than the operator's own write "20"; later ones
+    decide and ask to look again in 30 s. Records each tick's resourceVersion and whether a
+    reconcile slot was free while the daemon waited."""
+
+    def __init__(self) -> None:
+        self.ticks: list[str] = []
+        self.ticked = asyncio.Event()
+
+    async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
+        self.ticks.append(body["metadata"]["resourceVersion"])
+        self.ticked.set()
+        if len(self.ticks) == 1:
+            raise StaleStatus("ns", "m", body["metadata"]["resourceVersion"], "20")
+        return SimpleNamespace(requeue_after=timedelta(seconds=30))
+
+
+def count(metric: Any, *labels: str) -> float:
+    return float((metric.labels(*labels) if labels else metric)._value.get())
+
+
+async def test_a_tick_on_a_body_older_than_our_write_waits_for_the_watch_outside_its_slot() -> None:
+    # Under load the watch delivers the operator's own status write late. The tick refused on
+    # the old body used to retry every 200 ms, each time back in the queue for a slot; now it
+    # waits, holding no slot, for the watch event that brings the write, and goes on at once.
+    body = kopf.Body({"metadata": {"name": "m", "namespace": "ns", "resourceVersion": "19"}})
+    reconciler = StaleOnce()
+    memo = Memo(reconciler=reconciler, reconcile_slots=asyncio.Semaphore(1))  # type: ignore[arg-type]
+    memo.seen[("ns", "m")] = (None, None)  # its spec's generation and command: seen before
+    deferred = count(METRICS.reconciles_deferred)
+    caught_up = count(METRICS.reconciles, Trigger.CAUGHT_UP)
+    daemon = asyncio.create_task(
+        drive(body=body, name="m", namespace="ns", stopped=False, memo=memo)  # type: ignore[call-arg, arg-type]
+    )
+    try:
+        await asyncio.wait_for(reconciler.ticked.wait(), timeout=5)
+        reconciler.ticked.clear()
+        while memo.wakeups[("ns", "m")].awaited_version is None:
+            await asyncio.sleep(0.001)
+        assert memo.reconcile_slots._value == 1  # waiting, but not in a slot
+        assert count(METRICS.reconciles_deferred) == deferred + 1
+        # A status write of someone else (older than ours) arrives: still waiting.
+        body._replace_with({"metadata": {"name": "m", "namespace": "ns", "resourceVersion": "19"}})
+        await wake_on_change(body=body, name="m", namespace="ns", memo=memo)  # type: ignore[call-arg]
+        await asyncio.sleep(0.05)
+        assert reconciler.ticks == ["19"]
+        # Ours arrives: the next tick runs on it, long before the 2 s fallback.
+        started = time.monotonic()
+        body._replace_with({"metadata": {"name": "m", "namespace": "ns", "resourceVersion": "20"}})
+        await wake_on_change(body=body, name="m", namespace="ns", memo=memo)  # type: ignore[call-arg]
+        await asyncio.wait_for(reconciler.ticked.wait(), timeout=CATCH_UP_WAIT.total_seconds())
+        assert time.monotonic() - started < CATCH_UP_WAIT.total_seconds()
+        assert reconciler.ticks == ["19", "20"]
+        assert count(METRICS.reconciles, Trigger.CAUGHT_UP) == caught_up + 1
+        assert memo.wakeups[("ns", "m")].awaited_version is None
+    finally:
+        daemon.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon
+
+
+async def test_a_write_that_never_comes_back_is_looked_for_again_after_the_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "CATCH_UP_WAIT", timedelta(milliseconds=50))
+    body = kopf.Body({"metadata": {"name": "m", "namespace": "ns", "resourceVersion": "19"}})
+    reconciler = StaleOnce()
+    memo = Memo(reconciler=reconciler)  # type: ignore[arg-type]
+    retries = count(METRICS.reconciles, Trigger.RETRY)
+    daemon = asyncio.create_task(
+        drive(body=body, name="m", namespace="ns", stopped=False, memo=memo)  # type: ignore[call-arg, arg-type]
+    )
+    try:
+        while len(reconciler.ticks) < 2:
+            await asyncio.wait_for(reconciler.ticked.wait(), timeout=5)
+            reconciler.ticked.clear()
+        assert reconciler.ticks == ["19", "19"]
+        assert count(METRICS.reconciles, Trigger.RETRY) == retries + 1
+    finally:
+        daemon.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon
+
+
+async def test_a_spec_change_wakes_the_daemon_and_a_status_write_does_not() -> None:
+    memo = Memo()
+    wake = memo.wakeups[("ns", "m")] = Wakeup()
+    raw: dict[str, Any] = {"metadata": {"name": "m", "namespace": "ns", "generation": 1}}
+    await wake_on_change(body=kopf.Body(raw), name="m", namespace="ns", memo=memo)  # type: ignore[call-arg]
+    assert wake.reason is Trigger.CHANGE
+    wake.clear()
+    raw["metadata"]["resourceVersion"] = "30"  # a status write: same generation, same command
+    await wake_on_change(body=kopf.Body(raw), name="m", namespace="ns", memo=memo)  # type: ignore[call-arg]
+    assert wake.reason is None
+    raw["metadata"]["generation"] = 2
+    await wake_on_change(body=kopf.Body(raw), name="m", namespace="ns", memo=memo)  # type: ignore[call-arg]
+    assert wake.reason is Trigger.CHANGE

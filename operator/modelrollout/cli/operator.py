@@ -200,6 +200,7 @@ def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
 def run(args: argparse.Namespace) -> None:
     from modelrollout import handlers, observability
     from modelrollout.app import build_memo
+    from modelrollout.handlers import Trigger
     from modelrollout.kube.cache import ObjectCache
     from modelrollout.routing import gateway_api, istio
 
@@ -287,9 +288,9 @@ def run(args: argparse.Namespace) -> None:
             loop = asyncio.get_running_loop()
 
             def wake(namespace: str, rollout: str) -> None:
-                event = memo.wakeups.get((namespace, rollout))
-                if event is not None:
-                    event.set()
+                wakeup = memo.wakeups.get((namespace, rollout))
+                if wakeup is not None:
+                    wakeup.set(Trigger.WORKLOAD)
 
             # A Deployment of a rollout changed (a replica became ready, ...): wake its daemon
             # now rather than at its next poll. From the watch thread, so through the loop.

@@ -31,7 +31,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from modelrollout.kube.workloads import LABEL_ROLLOUT
+from modelrollout.kube.workloads import LABEL_ROLLOUT, readiness_changed
 
 log = structlog.get_logger("modelrollout.cache")
 
@@ -81,7 +81,7 @@ class _Watch:
         stop: threading.Event,
         namespace: str | None,
         selector: str | None = LABEL_ROLLOUT,
-        on_event: Callable[[Obj], None] | None = None,
+        on_event: Callable[[Obj | None, Obj | None], None] | None = None,
     ) -> None:
         self.kind = kind
         self._on_event = on_event
@@ -166,13 +166,17 @@ class _Watch:
                     raise _Relist()
                 raise ApiException(status=obj.get("code"), reason=obj.get("message"))
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+            before = self._store.get(_key(obj))
+            after: Obj | None = None
             if kind == "DELETED":
                 self._store.pop(_key(obj), None)
+                before = before or obj
             elif kind in ("ADDED", "MODIFIED"):
-                self._store[_key(obj)] = _trim(obj, self.kind)
+                after = self._store[_key(obj)] = _trim(obj, self.kind)
             if self._on_event is not None and kind in ("ADDED", "MODIFIED", "DELETED"):
                 try:
-                    self._on_event(obj)  # after the store: a woken reader sees this version
+                    # after the store: a woken reader sees this version
+                    self._on_event(before, after)
                 except Exception:
                     log.warning("cache event callback failed", exc_info=True)
             if self._stop.is_set():
@@ -188,8 +192,9 @@ class ObjectCache:
     objects are shared: read them, never modify them.
 
     :attr:`on_workload_change` (set it before :meth:`start`) is called from the watch threads
-    with (namespace, rollout name) whenever one of a rollout's Deployments changes, so the
-    rollout can look at its readiness at once instead of polling for it.
+    with (namespace, rollout name) whenever one of a rollout's Deployments changes what the
+    engine sees of it (exists, version, replicas, ready replicas, rolled out: not every status
+    update on the way), so the rollout can look at its readiness at once instead of polling.
     """
 
     def __init__(
@@ -231,8 +236,10 @@ class ObjectCache:
                     _Watch(kind, func, self._stores[kind], self._stop, scope, selector, on_event)
                 )
 
-    def _workload_changed(self, obj: Obj) -> None:
-        meta = obj.get("metadata") or {}
+    def _workload_changed(self, before: Obj | None, after: Obj | None) -> None:
+        if not readiness_changed(before, after):
+            return
+        meta = (after or before or {}).get("metadata") or {}
         rollout = (meta.get("labels") or {}).get(LABEL_ROLLOUT)
         if rollout and self.on_workload_change is not None:
             self.on_workload_change(str(meta.get("namespace") or ""), str(rollout))

@@ -159,3 +159,17 @@ def slot_state(deployment: dict[str, Any] | None) -> SlotState:
         observed_current=int(status.get("observedGeneration") or 0)
         >= int(meta.get("generation") or 0),
     )
+
+
+def readiness_changed(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+    """Whether a Deployment's change alters what the engine sees of its slot: whether it exists,
+    its version, desired and ready replicas, and whether it is rolled out. A new pod goes
+    through several status updates (replicas, updatedReplicas, observedGeneration, ...) of
+    which only these change a decision; waking the rollout for each of the others was a
+    reconcile that decided nothing (docs/performance.md)."""
+
+    def seen(deployment: dict[str, Any] | None) -> tuple[Any, ...]:
+        state = slot_state(deployment)
+        return (state.exists, state.version, state.desired, state.ready, state.is_ready)
+
+    return seen(before) != seen(after)

@@ -16,6 +16,7 @@ from modelrollout.kube.workloads import (
     ANNOTATION_VERSION,
     LABEL_ROLLOUT,
     build_service,
+    readiness_changed,
     slot_state,
 )
 from modelrollout.routing import make_router
@@ -175,6 +176,88 @@ def test_a_change_of_a_rollouts_deployment_wakes_that_rollout_after_it_is_stored
     assert seen == [("ns", "fraud", {}), ("ns", "fraud", {"readyReplicas": 1})]
     [services] = cache._watches[SERVICES]
     assert services._on_event is None  # Services carry no readiness
+
+
+def test_status_updates_that_change_nothing_the_engine_sees_wake_no_one() -> None:
+    """A starting pod's Deployment passes through several status updates (replicas,
+    updatedReplicas, observedGeneration) before readyReplicas; each woke its rollout for a
+    reconcile that decided nothing. Only a change of existence, version, desired or ready
+    replicas or of being rolled out wakes it, and a deletion does."""
+    cache = ObjectCache(k8s.ApiClient(), ["ns"])
+    woken: list[str] = []
+    cache.on_workload_change = lambda ns, name: woken.append(name)
+    [deployments] = cache._watches[DEPLOYMENTS]
+    fake = FakeList([])
+    deployments._list = fake
+
+    def version(rv: str, status: dict[str, Any], generation: int = 2) -> dict[str, Any]:
+        d = obj("fraud-b", rv=rv, spec={"replicas": 1}, status=status)
+        d["metadata"].update({"labels": {LABEL_ROLLOUT: "fraud"}, "generation": generation})
+        return d
+
+    steps = [
+        ("ADDED", version("11", {}), "exists"),
+        ("MODIFIED", version("12", {"observedGeneration": 2}), None),
+        ("MODIFIED", version("13", {"observedGeneration": 2, "replicas": 1}), None),
+        (
+            "MODIFIED",
+            version("14", {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1}),
+            None,
+        ),
+        (
+            "MODIFIED",
+            version(
+                "15",
+                {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1},
+            ),
+            "ready",
+        ),
+        (
+            "MODIFIED",
+            version(
+                "16",
+                {
+                    "observedGeneration": 2,
+                    "replicas": 1,
+                    "updatedReplicas": 1,
+                    "readyReplicas": 1,
+                    "availableReplicas": 1,
+                },
+            ),
+            None,
+        ),
+        ("DELETED", version("17", {}), "gone"),
+    ]
+    woke_at = []
+    for kind, body, expected in steps:
+        before = len(woken)
+        fake.streams.append([{"type": kind, "object": body}])
+        deployments._watch("10")
+        woke_at.append("woke" if len(woken) > before else None)
+        assert (woke_at[-1] is not None) == (expected is not None), (kind, body["status"])
+    assert woken == ["fraud"] * 3
+
+
+def test_readiness_changed_is_what_slot_state_tells_the_engine() -> None:
+    old = {
+        "metadata": {"generation": 3},
+        "spec": {"replicas": 1},
+        "status": {
+            "observedGeneration": 2,
+            "readyReplicas": 1,
+            "updatedReplicas": 1,
+            "replicas": 1,
+        },
+    }
+    current = {**old, "status": {**old["status"], "observedGeneration": 3}}
+    assert not slot_state(old).is_ready and slot_state(current).is_ready
+    assert readiness_changed(old, current)  # the same counts, but now rolled out
+    assert not readiness_changed(
+        current, {**current, "status": {**current["status"], "availableReplicas": 1}}
+    )
+    assert readiness_changed(current, {**current, "spec": {"replicas": 2}})
+    assert readiness_changed(None, current) and readiness_changed(current, None)
+    assert not readiness_changed(None, None)
 
 
 class Refused:
