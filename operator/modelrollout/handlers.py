@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,9 +71,16 @@ class Wakeup:
         self.reason = None
 
     async def sleep(self, delay: timedelta, otherwise: Trigger = Trigger.DUE) -> Trigger:
-        """Sleep ``delay`` unless set first; the reason to look again."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout=delay.total_seconds())
+        """Sleep ``delay`` unless set first; the reason to look again. A timer that sets the
+        alarm itself, not ``asyncio.wait_for``: that (Python 3.11) wraps the wait in a task of
+        its own and cancels it on every timeout, per sleeping rollout."""
+        timer = asyncio.get_running_loop().call_later(
+            max(delay.total_seconds(), 0.0), self.set, otherwise
+        )
+        try:
+            await self._event.wait()
+        finally:
+            timer.cancel()
         return self.reason or otherwise
 
 

@@ -89,6 +89,8 @@ async def test_the_daemon_sleeps_without_holding_the_last_decision() -> None:
         gc.collect()
         assert len(made) == 1 and made[0]() is None
         assert not daemon.done()
+        # ... nor a task of its own for the sleep (asyncio.wait_for made one per sleeping rollout)
+        assert asyncio.all_tasks() == {asyncio.current_task(), daemon}
     finally:
         daemon.cancel()
         with contextlib.suppress(asyncio.CancelledError):
