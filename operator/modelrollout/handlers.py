@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 import structlog
@@ -42,14 +42,24 @@ MAX_CONCURRENT_RECONCILES = 256
 
 
 class Trigger(StrEnum):
-    """Why a daemon looks again (the ``trigger`` label of ``modelrollout_reconciles_total``)."""
+    """Why a daemon looks again (the ``trigger`` label of ``modelrollout_reconciles_total``),
+    besides the time the engine asked for, which counts under what it waits for (an
+    :class:`~modelrollout.engine.types.Wake`: analysis, stage-end, readiness, converge, ...)."""
 
     START = "start"  # the daemon started: the operator started or the rollout appeared
-    DUE = "due"  # the time the engine asked for (a stage's end, the next analysis, a poll)
     CHANGE = "change"  # a new spec generation or a manual command
     WORKLOAD = "workload"  # one of its Deployments changed what the engine sees of it
     CAUGHT_UP = "caught-up"  # its own last status write came back through the watch
     RETRY = "retry"  # after an error, or a deferred tick whose write did not come back in time
+    RESYNC = "resync"  # settled, nothing due: a periodic look (drift of the route or slots)
+
+
+class Next(NamedTuple):
+    """What a daemon keeps of a reconcile while it sleeps."""
+
+    delay: timedelta
+    why: str  # the trigger if the delay runs out (a Wake or a Trigger)
+    awaited_version: str | None = None  # the body lagged our write: wait for this version
 
 
 class Wakeup:
@@ -57,11 +67,11 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
-        self.reason: Trigger | None = None
+        self.reason: str | None = None
         # The resourceVersion a deferred tick waits for (its own last status write), or None.
         self.awaited_version: str | None = None
 
-    def set(self, reason: Trigger) -> None:
+    def set(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
         self._event.set()
@@ -70,7 +80,7 @@ class Wakeup:
         self._event.clear()
         self.reason = None
 
-    async def sleep(self, delay: timedelta, otherwise: Trigger = Trigger.DUE) -> Trigger:
+    async def sleep(self, delay: timedelta, otherwise: str) -> str:
         """Sleep ``delay`` unless set first; the reason to look again. A timer that sets the
         alarm itself, not ``asyncio.wait_for``: that (Python 3.11) wraps the wait in a task of
         its own and cancels it on every timeout, per sleeping rollout."""
@@ -117,7 +127,7 @@ async def drive(
     key = (namespace or "", name)
     wake = memo.wakeups.setdefault(key, Wakeup())
     metrics = observability.METRICS
-    trigger = Trigger.START
+    trigger: str = Trigger.START
     try:
         while not stopped:
             wake.clear()
@@ -125,17 +135,17 @@ async def drive(
             queued = time.perf_counter()
             async with memo.reconcile_slots:
                 metrics.reconcile_queue.observe(time.perf_counter() - queued)
-                delay, awaited = await _reconcile_once(memo.reconciler, body, namespace, name)
-            if awaited is None:
-                trigger = await wake.sleep(delay)
+                after = await _reconcile_once(memo.reconciler, body, namespace, name)
+            if after.awaited_version is None:
+                trigger = await wake.sleep(after.delay, after.why)
                 continue
             # The body is older than our own last write: wait, outside the slot, for the watch
             # to deliver it (wake_on_change sees it arrive) instead of polling for it.
             metrics.reconcile_deferred()
-            wake.awaited_version = awaited
-            if _caught_up(body, awaited):
+            wake.awaited_version = after.awaited_version
+            if _caught_up(body, after.awaited_version):
                 wake.set(Trigger.CAUGHT_UP)  # it arrived while we were finding out
-            trigger = await wake.sleep(delay, otherwise=Trigger.RETRY)
+            trigger = await wake.sleep(after.delay, after.why)
             wake.awaited_version = None
     finally:
         memo.wakeups.pop(key, None)
@@ -144,27 +154,28 @@ async def drive(
 
 async def _reconcile_once(
     reconciler: Reconciler, body: kopf.Body, namespace: str | None, name: str
-) -> tuple[timedelta, str | None]:
-    """One reconcile: how long to sleep before the next, and the resourceVersion to wait for
-    if the body was older than the operator's own last status write. Nothing of the reconcile
-    outlives it: the daemon sleeps holding only these (it once held the last Decision, a parsed
-    status with its audit trail, per rollout between ticks: ~30 MiB at 1,000 rollouts,
-    docs/performance.md)."""
+) -> Next:
+    """One reconcile: how long to sleep before the next and why, and the resourceVersion to
+    wait for if the body was older than the operator's own last status write. Nothing of the
+    reconcile outlives it: the daemon sleeps holding only these (it once held the last
+    Decision, a parsed status with its audit trail, per rollout between ticks: ~30 MiB at
+    1,000 rollouts, docs/performance.md)."""
     now = _now()
     try:
         decision = await reconciler.reconcile(_plain(body), now)
     except StaleStatus as exc:
         log.debug("body older than our own write; waiting for it", reason=str(exc))
-        return CATCH_UP_WAIT, exc.written
+        return Next(CATCH_UP_WAIT, Trigger.RETRY, exc.written)
     except Exception:
         log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
-        return ERROR_BACKOFF, None
+        return Next(ERROR_BACKOFF, Trigger.RETRY)
     if decision is None or decision.requeue_after is None:
-        return RESYNC, None
+        return Next(RESYNC, Trigger.RESYNC)
     # requeue_after counts from the tick's `now`: the time the reconcile itself took (a slow
     # apiserver) must not push every next look back by as much.
     left = now + decision.requeue_after - _now()
-    return min(max(left, timedelta(milliseconds=100)), RESYNC), None
+    why = decision.requeue_reason or Trigger.RESYNC
+    return Next(min(max(left, timedelta(milliseconds=100)), RESYNC), why)
 
 
 def _caught_up(body: kopf.Body | dict[str, Any], awaited: str) -> bool:

@@ -15,6 +15,7 @@ import kopf
 import pytest
 
 from modelrollout import handlers
+from modelrollout.engine.types import Wake
 from modelrollout.handlers import CATCH_UP_WAIT, Memo, Trigger, Wakeup, drive, wake_on_change
 from modelrollout.observability import METRICS
 from modelrollout.reconciler import StaleStatus
@@ -32,7 +33,7 @@ class SlowReconciler:
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
         self.starts.append(time.monotonic())
         await asyncio.sleep(self.seconds)  # the time the reconcile's API calls take
-        return SimpleNamespace(requeue_after=timedelta(seconds=0.5))
+        return SimpleNamespace(requeue_after=timedelta(seconds=0.5), requeue_reason=Wake.ANALYSIS)
 
 
 class StopAfter:
@@ -46,7 +47,13 @@ class StopAfter:
 async def test_a_slow_reconcile_does_not_push_the_next_tick_back() -> None:
     reconciler = SlowReconciler(0.3)
     memo = Memo(reconciler=reconciler)  # type: ignore[arg-type]
+    started = count(METRICS.reconciles, Trigger.START)
+    for_analysis = count(METRICS.reconciles, Wake.ANALYSIS)
     await drive(body=BODY, name="m", namespace="ns", stopped=StopAfter(reconciler, 3), memo=memo)  # type: ignore[call-arg]
+    # counted by why they ran: the first as the daemon's start, the others as what the engine
+    # asked to look again for
+    assert count(METRICS.reconciles, Trigger.START) == started + 1
+    assert count(METRICS.reconciles, Wake.ANALYSIS) == for_analysis + 2
     gaps = [b - a for a, b in zip(reconciler.starts, reconciler.starts[1:], strict=False)]
     # 0.5 s from one tick's start to the next, not 0.3 s of work plus 0.5 s of sleep.
     assert len(gaps) == 2 and all(0.45 <= gap < 0.75 for gap in gaps), gaps
@@ -64,6 +71,7 @@ class Decision:
     """Stands for the engine's Decision (a parsed status with its audit trail)."""
 
     requeue_after = timedelta(seconds=30)
+    requeue_reason = Wake.STAGE_END
 
 
 async def test_the_daemon_sleeps_without_holding_the_last_decision() -> None:
@@ -109,7 +117,9 @@ async def test_no_more_reconciles_in_flight_than_the_memo_allows() -> None:
             await asyncio.sleep(0.01)  # the reconcile's API calls
             in_flight -= 1
             done += 1
-            return SimpleNamespace(requeue_after=timedelta(seconds=30))
+            return SimpleNamespace(
+                requeue_after=timedelta(seconds=30), requeue_reason=Wake.ANALYSIS
+            )
 
     memo = Memo(reconciler=Reconciler(), reconcile_slots=asyncio.Semaphore(3))  # type: ignore[arg-type]
 
@@ -152,7 +162,7 @@ class StaleOnce:
         self.ticked.set()
         if len(self.ticks) == 1:
             raise StaleStatus("ns", "m", body["metadata"]["resourceVersion"], "20")
-        return SimpleNamespace(requeue_after=timedelta(seconds=30))
+        return SimpleNamespace(requeue_after=timedelta(seconds=30), requeue_reason=Wake.ANALYSIS)
 
 
 def count(metric: Any, *labels: str) -> float:

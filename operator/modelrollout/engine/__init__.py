@@ -63,8 +63,10 @@ entry to the hash-chained audit trail (:mod:`modelrollout.audit`); a tick that c
 nothing appends nothing, so deciding twice on the same input is idempotent.
 
 requeue_after: the time until the engine must look again (stage end, next analysis, gate
-call, deadline), at most the analysis interval, 1 s while waiting for readiness or for the
-route to converge, None when settled and the route agrees.
+call, deadline), at most the analysis interval, 5 s while waiting for readiness (a fallback:
+the operator wakes a rollout when its Deployments change), 1 s for the route to converge,
+None when settled and the route agrees. requeue_reason says which of these it is (a
+:class:`~modelrollout.engine.types.Wake`; the operator counts reconciles by it).
 """
 
 from modelrollout.engine.machine import decide, invalid_spec_status

@@ -65,6 +65,7 @@ from modelrollout.engine.types import (
     Observation,
     ScaleSlot,
     SetTraffic,
+    Wake,
 )
 
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED})
@@ -245,8 +246,8 @@ def _initialize(t: Tick) -> None:
             f"{human(progress_deadline(t.spec))}",
         )
         return
-    t.wake_in(READY_POLL)
-    t.wake_at(deadline)
+    t.wake_in(READY_POLL, Wake.READINESS)
+    t.wake_at(deadline, Wake.DEADLINE)
 
 
 def _settled(t: Tick) -> None:
@@ -335,20 +336,20 @@ def _progress(t: Tick) -> None:
         return
     _protect_users(t)
     if st.stage.ready_at is None:
-        t.wake_in(READY_POLL)  # the candidate lost readiness: wait for it again
+        t.wake_in(READY_POLL, Wake.READINESS)  # the candidate lost readiness: wait for it
         return
     if not _absorb_analysis(t):
         return  # rolled back
     if held(spec, st.analysis) is not None:
-        t.wake_at(next_analysis_at(spec, st))
+        t.wake_at(next_analysis_at(spec, st), Wake.ANALYSIS)
         return
     if not ready:
-        t.wake_in(READY_POLL)  # partly ready: keep the traffic, do not move on
+        t.wake_in(READY_POLL, Wake.READINESS)  # partly ready: keep the traffic, do not move on
         return
     if not stage_complete(spec, st, t.now):
         end = stage_end(spec, st)
-        t.wake_at(end if end is not None and end > t.now else None)
-        t.wake_at(next_analysis_at(spec, st))
+        t.wake_at(end if end is not None and end > t.now else None, Wake.STAGE_END)
+        t.wake_at(next_analysis_at(spec, st), Wake.ANALYSIS)
         return
     index = st.stage.index
     evidence = _evidence(t)
@@ -387,8 +388,8 @@ def _await_traffic(t: Tick, ready: bool) -> None:
                 phase=Phase.FAILED,
             )
             return
-        t.wake_in(READY_POLL)
-        t.wake_at(deadline)
+        t.wake_in(READY_POLL, Wake.READINESS)
+        t.wake_at(deadline, Wake.DEADLINE)
         return
     if stage.candidate_ready_at is None:
         stage.candidate_ready_at = t.now
@@ -412,7 +413,7 @@ def _gates_open(t: Tick, types: frozenset[WebhookType]) -> bool:
     called = {g.name for g in t.due_gates if g.name in t.obs.gates}
     if not _same_stage(t) or not all(g.name in called for g in gates):
         due_at = next_gate_call_at(spec, st)
-        t.wake_at(due_at if due_at and due_at > t.now else t.now + MIN_REQUEUE)
+        t.wake_at(due_at if due_at and due_at > t.now else t.now + MIN_REQUEUE, Wake.GATE)
         return False
     stage.gates_checked_at = t.now
     answers = {g.name: t.obs.gates.get(g.name, GateResult.CLOSED) for g in gates}
@@ -428,7 +429,7 @@ def _gates_open(t: Tick, types: frozenset[WebhookType]) -> bool:
     if limit is not None and limit.first_time:
         t.record("AnalysisHold", limit.message, to_stage=stage.name)
         t.event("Warning", limit.code, limit.message)
-    t.wake_in(gate_interval(spec))
+    t.wake_in(gate_interval(spec), Wake.GATE)
     return False
 
 
@@ -493,7 +494,10 @@ def _finish(t: Tick) -> Decision:
             actual_candidate=st.weights.actual_candidate,
         )
     conditions.refresh(t)
-    return Decision(status=st, actions=actions, requeue_after=_requeue(t))
+    requeue_after, requeue_reason = _requeue(t)
+    return Decision(
+        status=st, actions=actions, requeue_after=requeue_after, requeue_reason=requeue_reason
+    )
 
 
 def _assemble(t: Tick) -> list[Action]:
@@ -524,19 +528,22 @@ def _assemble(t: Tick) -> list[Action]:
     return effects
 
 
-def _requeue(t: Tick) -> timedelta | None:
+def _requeue(t: Tick) -> tuple[timedelta | None, Wake | None]:
+    """When to look again, and why (the earliest of what the tick waits for)."""
     st, spec = t.status, t.spec
     interval = analysis_interval(spec)
     if t.hold is not None:
-        return min(HOLD_RETRY, interval)
+        return min(HOLD_RETRY, interval), Wake.HOLD
     converged = route_agrees(t.obs.route, desired_traffic(st))
     if st.phase in TERMINAL and st.stable is not None:
-        return None if converged else MIN_REQUEUE
+        return (None, None) if converged else (MIN_REQUEUE, Wake.CONVERGE)
     if not converged:
-        return MIN_REQUEUE
+        return MIN_REQUEUE, Wake.CONVERGE
     if st.phase in ACTIVE and st.stage is not None and st.stage.ready_at is not None:
-        t.wake_at(next_analysis_at(spec, st))
-    upcoming = [w - t.now for w in t.wakes]
-    if not upcoming:
-        return None if st.phase in TERMINAL else interval
-    return max(MIN_REQUEUE, min(min(upcoming), interval))
+        t.wake_at(next_analysis_at(spec, st), Wake.ANALYSIS)
+    if not t.wakes:
+        return (None, None) if st.phase in TERMINAL else (interval, Wake.INTERVAL)
+    when, why = min(t.wakes, key=lambda wake: wake[0])
+    if when - t.now > interval:
+        return interval, Wake.INTERVAL
+    return max(MIN_REQUEUE, when - t.now), why

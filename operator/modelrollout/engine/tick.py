@@ -17,7 +17,7 @@ from modelrollout.api.models import (
     ModelRolloutStatus,
     WebhookSpec,
 )
-from modelrollout.engine.types import Action, EmitEvent, Notify, Observation
+from modelrollout.engine.types import Action, EmitEvent, Notify, Observation, Wake
 
 OPERATOR = "modelrollout-operator"
 
@@ -42,7 +42,7 @@ class Tick:
     # True when a transition moved traffic away from a slot: its effects go before the
     # routine EnsureSlots so nothing stands between the decision and the traffic shift.
     urgent: bool = False
-    wakes: list[datetime] = field(default_factory=list)
+    wakes: list[tuple[datetime, Wake]] = field(default_factory=list)
     # (reason, message) for a Stalled condition caused by a transition in this tick.
     stall: tuple[str, str] | None = None
     # (reason, message) when the whole tick is held (invalid spec, routing error).
@@ -58,12 +58,12 @@ class Tick:
         stage = self.status.stage.name if self.status.stage else None
         self.signals.append(Notify(event, message, stage))
 
-    def wake_at(self, when: datetime | None) -> None:
+    def wake_at(self, when: datetime | None, why: Wake) -> None:
         if when is not None:
-            self.wakes.append(when)
+            self.wakes.append((when, why))
 
-    def wake_in(self, delta: timedelta) -> None:
-        self.wakes.append(self.now + delta)
+    def wake_in(self, delta: timedelta, why: Wake) -> None:
+        self.wakes.append((self.now + delta, why))
 
     def record(
         self,

@@ -149,9 +149,23 @@ class Notify:
 Action = EnsureSlot | ScaleSlot | SetTraffic | EmitEvent | Notify
 
 
+class Wake(StrEnum):
+    """What the engine waits for when it asks to look again at a time."""
+
+    READINESS = "readiness"  # a slot to become ready (a poll: the watch wakes it sooner)
+    DEADLINE = "deadline"  # the progress deadline
+    ANALYSIS = "analysis"  # the next analysis run
+    STAGE_END = "stage-end"  # the end of the stage's duration
+    GATE = "gate"  # the next call of a gate webhook
+    CONVERGE = "converge"  # the route to read back as written
+    HOLD = "hold"  # a held rollout (invalid spec, routing error), looked at again
+    INTERVAL = "interval"  # nothing sooner: one analysis interval at most
+
+
 @dataclass(frozen=True)
 class Decision:
     status: ModelRolloutStatus
     actions: list[Action]
     # When the engine next needs to look (stage end, next analysis, deadline); None = on change.
     requeue_after: timedelta | None = None
+    requeue_reason: Wake | None = None

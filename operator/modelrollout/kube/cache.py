@@ -82,8 +82,10 @@ class _Watch:
         namespace: str | None,
         selector: str | None = LABEL_ROLLOUT,
         on_event: Callable[[Obj | None, Obj | None], None] | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.kind = kind
+        self._lock = lock or threading.Lock()
         self._on_event = on_event
         self.namespace = namespace
         self._list = list_func
@@ -135,9 +137,10 @@ class _Watch:
         resp = self._list(**self._selector, _preload_content=False, _request_timeout=(10, 60))
         doc = json.loads(resp.data)
         fresh = {_key(item): _trim(item, self.kind) for item in doc.get("items") or []}
-        for key in [k for k in self._store if self._owns(k) and k not in fresh]:
-            self._store.pop(key, None)
-        self._store.update(fresh)
+        with self._lock:
+            for key in [k for k in self._store if self._owns(k) and k not in fresh]:
+                self._store.pop(key, None)
+            self._store.update(fresh)
         self._live = True
         return str(doc["metadata"]["resourceVersion"])
 
@@ -166,13 +169,14 @@ class _Watch:
                     raise _Relist()
                 raise ApiException(status=obj.get("code"), reason=obj.get("message"))
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-            before = self._store.get(_key(obj))
             after: Obj | None = None
-            if kind == "DELETED":
-                self._store.pop(_key(obj), None)
-                before = before or obj
-            elif kind in ("ADDED", "MODIFIED"):
-                after = self._store[_key(obj)] = _trim(obj, self.kind)
+            with self._lock:
+                before = self._store.get(_key(obj))
+                if kind == "DELETED":
+                    self._store.pop(_key(obj), None)
+                    before = before or obj
+                elif kind in ("ADDED", "MODIFIED"):
+                    after = self._store[_key(obj)] = _trim(obj, self.kind)
             if self._on_event is not None and kind in ("ADDED", "MODIFIED", "DELETED"):
                 try:
                     # after the store: a woken reader sees this version
@@ -211,6 +215,7 @@ class ObjectCache:
         self.on_workload_change: Callable[[str, str], None] | None = None
         kinds = [DEPLOYMENTS, SERVICES, *routes]
         self._stores: dict[Kind, dict[Key, Obj]] = {kind: {} for kind in kinds}
+        self._locks: dict[Kind, threading.Lock] = {kind: threading.Lock() for kind in kinds}
         self._watches: dict[Kind, list[_Watch]] = {kind: [] for kind in kinds}
         scopes: list[str | None] = [*namespaces] or [None]
         for scope in scopes:
@@ -233,7 +238,16 @@ class ObjectCache:
                 selector = LABEL_ROLLOUT if kind in (DEPLOYMENTS, SERVICES) else None
                 on_event = self._workload_changed if kind == DEPLOYMENTS else None
                 self._watches[kind].append(
-                    _Watch(kind, func, self._stores[kind], self._stop, scope, selector, on_event)
+                    _Watch(
+                        kind,
+                        func,
+                        self._stores[kind],
+                        self._stop,
+                        scope,
+                        selector,
+                        on_event,
+                        self._locks[kind],
+                    )
                 )
 
     def _workload_changed(self, before: Obj | None, after: Obj | None) -> None:
@@ -263,8 +277,35 @@ class ObjectCache:
             return None
         return self._stores[kind].get((namespace, name))
 
+    def offer(self, kind: Kind, obj: Obj) -> None:
+        """An object as the apiserver returned it from the operator's own write (the cache takes
+        it over: do not modify it afterwards): stored unless
+        the cache already holds that version or a newer one. The next tick then reads back
+        what was written even while the watch lags (under load, by seconds: each tick until
+        it caught up saw a route that had not converged and looked again 1 s later)."""
+        store = self._stores.get(kind)
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if store is None or version is None:
+            return
+        key = _key(obj)
+        with self._locks[kind]:
+            held = store.get(key)
+            if held is not None and not _older(held, str(version)):
+                return
+            store[key] = _trim(obj, kind)
+
     def __len__(self) -> int:
         return sum(len(store) for store in self._stores.values())
+
+
+def _older(obj: Obj, version: str) -> bool:
+    """Whether ``obj`` is an older version than ``version`` (etcd revisions, decimal; any
+    other form is never called older, so the watch's copy wins)."""
+    held = (obj.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(str(held)) < int(version)
+    except ValueError:
+        return False
 
 
 def _bind(func: Callable[..., Any], *args: Any) -> Callable[..., Any]:

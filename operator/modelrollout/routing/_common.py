@@ -161,6 +161,10 @@ class CustomObjectRouter:
         self._api = custom_api
         self._cache = cache
 
+    @property
+    def _kind(self) -> tuple[str, str, str]:
+        return (self.ref.group, self.ref.version, self.ref.plural)
+
     async def read(self) -> Body:
         def call() -> Body:
             try:
@@ -189,9 +193,9 @@ class CustomObjectRouter:
 
         return await asyncio.to_thread(call)
 
-    async def _write(self, patch: JsonPatch) -> None:
-        def call() -> None:
-            self._api.patch_namespaced_custom_object(
+    async def _write(self, patch: JsonPatch) -> Body:
+        def call() -> Body:
+            written: Body = self._api.patch_namespaced_custom_object(
                 group=self.ref.group,
                 version=self.ref.version,
                 namespace=self.ref.namespace,
@@ -200,8 +204,9 @@ class CustomObjectRouter:
                 body=patch,
                 _content_type="application/json-patch+json",
             )
+            return written
 
-        await asyncio.to_thread(call)
+        return await asyncio.to_thread(call)
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
@@ -219,7 +224,10 @@ class CustomObjectRouter:
                 patch = compute_patch(self.editor, body, desired)
                 if patch is None:
                     return False
-                await self._write(patch)
+                written = await self._write(patch)
+                if self._cache is not None and isinstance(written, dict):
+                    # the next tick reads back what was written, however late the watch is
+                    self._cache.offer(self._kind, written)
                 log.info(
                     "route updated",
                     object=str(self.ref),
@@ -237,8 +245,7 @@ class CustomObjectRouter:
         shows a tick later at worst), else read. :meth:`apply` always reads afresh."""
         cached = None
         if self._cache is not None:
-            kind = (self.ref.group, self.ref.version, self.ref.plural)
-            cached = self._cache.get(kind, self.ref.namespace, self.ref.name)
+            cached = self._cache.get(self._kind, self.ref.namespace, self.ref.name)
         return self.editor.parse(cached if cached is not None else await self.read())
 
     async def verify(self, desired: DesiredRoutes) -> bool:

@@ -30,7 +30,7 @@ from modelrollout.api.models import (
     WebhookSpec,
 )
 from modelrollout.audit import append, verify
-from modelrollout.engine.types import EnsureSlot, SetTraffic
+from modelrollout.engine.types import EnsureSlot, SetTraffic, Wake
 
 SPEC = make_spec("2.0.0")
 GATES = [
@@ -191,15 +191,25 @@ def test_requeue_is_the_next_thing_to_look_at() -> None:
         ),
     )
     d = engine.decide(SPEC, status, observe(weight=5), at(minutes=9, seconds=30))
-    assert d.requeue_after == timedelta(seconds=30)
+    assert (d.requeue_after, d.requeue_reason) == (timedelta(seconds=30), Wake.STAGE_END)
+    # Analysis last ran at 8:40: the next run (9:40) comes before the stage's end (10:00).
+    earlier = rolling(
+        1,
+        analysis=AnalysisStatus(
+            runs=8, last_run_at=at(minutes=8, seconds=40), last_verdict=Verdict.SUCCESSFUL
+        ),
+    )
+    d = engine.decide(SPEC, earlier, observe(weight=5), at(minutes=9, seconds=30))
+    assert (d.requeue_after, d.requeue_reason) == (timedelta(seconds=10), Wake.ANALYSIS)
+    # The route does not carry the stage's weight yet: look again soon, to see it converge.
+    d = engine.decide(SPEC, status, observe(weight=0), at(minutes=9, seconds=30))
+    assert (d.requeue_after, d.requeue_reason) == (timedelta(seconds=1), Wake.CONVERGE)
     # Paused: once per interval; settled and converged: nothing to look at.
     paused = rolling(1, phase=Phase.PAUSED, paused_by="command", paused_at=T0)
-    assert engine.decide(SPEC, paused, observe(weight=5), at(60)).requeue_after == timedelta(
-        minutes=1
-    )
-    assert (
-        engine.decide(make_spec("1.0.0"), settled(), observe(b=None), at(0)).requeue_after is None
-    )
+    d = engine.decide(SPEC, paused, observe(weight=5), at(60))
+    assert (d.requeue_after, d.requeue_reason) == (timedelta(minutes=1), Wake.INTERVAL)
+    d = engine.decide(make_spec("1.0.0"), settled(), observe(b=None), at(0))
+    assert (d.requeue_after, d.requeue_reason) == (None, None)
 
 
 def test_time_only_stages_promote_as_soon_as_the_last_stage_is_entered() -> None:

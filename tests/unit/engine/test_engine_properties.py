@@ -161,6 +161,8 @@ def check_invariants(
     assert not [a for a in again.actions if isinstance(a, (EmitEvent, Notify))]
     if d.requeue_after is not None:
         assert timedelta(seconds=1) <= d.requeue_after <= timedelta(minutes=1)
+    # every time to look again says what it is for, and only then
+    assert (d.requeue_after is None) == (d.requeue_reason is None), d.requeue_reason
 
 
 @settings(max_examples=200, deadline=None)

@@ -20,6 +20,7 @@ from modelrollout.kube.workloads import (
     slot_state,
 )
 from modelrollout.routing import make_router
+from modelrollout.routing.base import DesiredRoutes
 
 HTTPROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
 
@@ -373,6 +374,60 @@ async def test_a_router_observes_its_route_from_the_cache_and_reads_it_when_not_
     assert (await router.observe()).stable_weight == 100
     # A cache that does not watch the kind (or is not live yet) is never asked.
     assert ObjectCache(k8s.ApiClient()).get(HTTPROUTES, "ns", "route") is None
+
+
+async def test_a_route_the_operator_wrote_is_read_back_before_the_watch_brings_it() -> None:
+    """Under load the route watch lags by seconds; each tick in between read the old weights,
+    found the route not converged and looked again a second later. The write's answer goes
+    into the cache, so the next tick reads back what was written."""
+    rollout = spec().model_copy(
+        update={
+            "traffic_routing": spec().traffic_routing.model_validate(
+                {"gatewayAPI": {"httpRoute": "route"}}
+            )
+        }
+    )
+    cache = live_cache()
+    stored = {
+        **route({"m-a": 100}),
+        "metadata": {**obj("route")["metadata"], "resourceVersion": "7"},
+    }
+    cache._stores[HTTPROUTES][("ns", "route")] = stored
+
+    class Api:
+        patched: list[Any] = []
+
+        def get_namespaced_custom_object(self, **_: Any) -> dict[str, Any]:
+            return stored
+
+        def patch_namespaced_custom_object(self, **kwargs: Any) -> dict[str, Any]:
+            self.patched.append(kwargs["body"])
+            answer = route({"m-a": 90, "m-b": 10})
+            answer["metadata"] = {**answer["metadata"], "resourceVersion": "8"}
+            return answer
+
+    router = make_router(k8s.ApiClient(), "ns", "m", rollout, cache=cache)
+    router._api = Api()  # type: ignore[attr-defined]
+    assert await router.apply(DesiredRoutes("m-a", "m-b", 10, 0))
+    assert Api.patched
+    state = await router.observe()
+    assert (state.stable_weight, state.candidate_weight) == (90, 10)
+    assert "managedFields" not in cache._stores[HTTPROUTES][("ns", "route")]["metadata"]
+
+
+def test_an_offered_object_never_replaces_a_newer_one_from_the_watch() -> None:
+    cache = live_cache()
+    store = cache._stores[HTTPROUTES]
+    cache.offer(HTTPROUTES, obj("route", rv="5"))
+    assert store[("ns", "route")]["metadata"]["resourceVersion"] == "5"
+    store[("ns", "route")] = obj("route", rv="9")  # the watch brought a later change
+    cache.offer(HTTPROUTES, obj("route", rv="8"))
+    cache.offer(HTTPROUTES, obj("route", rv="9"))
+    assert store[("ns", "route")]["metadata"]["resourceVersion"] == "9"
+    cache.offer(HTTPROUTES, obj("route", rv="10"))
+    assert store[("ns", "route")]["metadata"]["resourceVersion"] == "10"
+    cache.offer(("x", "v1", "unwatched"), obj("route", rv="11"))  # a kind it does not keep
+    assert store[("ns", "route")]["metadata"]["resourceVersion"] == "10"
 
 
 def test_a_status_write_reports_the_new_resource_version_from_the_answers_head() -> None:
