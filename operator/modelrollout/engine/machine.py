@@ -50,7 +50,6 @@ from modelrollout.engine.tick import Tick
 from modelrollout.engine.timing import (
     HOLD_RETRY,
     MIN_REQUEUE,
-    READY_POLL,
     analysis_interval,
     gate_interval,
     human,
@@ -246,7 +245,7 @@ def _initialize(t: Tick) -> None:
             f"{human(progress_deadline(t.spec))}",
         )
         return
-    t.wake_in(READY_POLL, Wake.READINESS)
+    t.poll_readiness()
     t.wake_at(deadline, Wake.DEADLINE)
 
 
@@ -336,7 +335,7 @@ def _progress(t: Tick) -> None:
         return
     _protect_users(t)
     if st.stage.ready_at is None:
-        t.wake_in(READY_POLL, Wake.READINESS)  # the candidate lost readiness: wait for it
+        t.poll_readiness()  # the candidate lost readiness: wait for it
         return
     if not _absorb_analysis(t):
         return  # rolled back
@@ -344,7 +343,7 @@ def _progress(t: Tick) -> None:
         t.wake_at(next_analysis_at(spec, st), Wake.ANALYSIS)
         return
     if not ready:
-        t.wake_in(READY_POLL, Wake.READINESS)  # partly ready: keep the traffic, do not move on
+        t.poll_readiness()  # partly ready: keep the traffic, do not move on
         return
     if not stage_complete(spec, st, t.now):
         end = stage_end(spec, st)
@@ -388,7 +387,7 @@ def _await_traffic(t: Tick, ready: bool) -> None:
                 phase=Phase.FAILED,
             )
             return
-        t.wake_in(READY_POLL, Wake.READINESS)
+        t.poll_readiness()
         t.wake_at(deadline, Wake.DEADLINE)
         return
     if stage.candidate_ready_at is None:

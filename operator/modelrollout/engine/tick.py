@@ -17,6 +17,7 @@ from modelrollout.api.models import (
     ModelRolloutStatus,
     WebhookSpec,
 )
+from modelrollout.engine.timing import ready_poll
 from modelrollout.engine.types import Action, EmitEvent, Notify, Observation, Wake
 
 OPERATOR = "modelrollout-operator"
@@ -64,6 +65,11 @@ class Tick:
 
     def wake_in(self, delta: timedelta, why: Wake) -> None:
         self.wakes.append((self.now + delta, why))
+
+    def poll_readiness(self) -> None:
+        """Look again for a slot's readiness: soon, unless a change of its Deployments wakes
+        the rollout anyway (then only in case that wake-up is lost)."""
+        self.wake_in(ready_poll(self.obs.slots_watched), Wake.READINESS)
 
     def record(
         self,

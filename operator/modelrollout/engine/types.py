@@ -99,6 +99,9 @@ class Observation:
     validation_errors: list[str] = field(default_factory=list)
     # Router problems that make traffic unmanageable (route missing, not owned rule...).
     routing_error: str | None = None
+    # The operator wakes the rollout as soon as one of its Deployments changes (its watch of
+    # them is live): waiting for readiness needs only a rare poll, in case a wake-up is lost.
+    slots_watched: bool = False
 
 
 # ---------------------------------------------------------------- actions

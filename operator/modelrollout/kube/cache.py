@@ -138,10 +138,21 @@ class _Watch:
         doc = json.loads(resp.data)
         fresh = {_key(item): _trim(item, self.kind) for item in doc.get("items") or []}
         with self._lock:
-            for key in [k for k in self._store if self._owns(k) and k not in fresh]:
+            gone = {k: self._store[k] for k in self._store if self._owns(k) and k not in fresh}
+            held = {k: self._store.get(k) for k in fresh}
+            for key in gone:
                 self._store.pop(key, None)
             self._store.update(fresh)
         self._live = True
+        if self._on_event is not None:
+            # What changed while the watch was down is told like a watch event would have.
+            changes = [(old, None) for old in gone.values()]
+            changes += [(held[k], new) for k, new in fresh.items() if held[k] is not new]
+            for before, after in changes:
+                try:
+                    self._on_event(before, after)
+                except Exception:
+                    log.warning("cache event callback failed", exc_info=True)
         return str(doc["metadata"]["resourceVersion"])
 
     def _events(self, rv: str) -> Iterator[Obj]:
@@ -266,6 +277,11 @@ class ObjectCache:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def wakes_on_workload_change(self) -> bool:
+        """Whether a change of a rollout's Deployment wakes it now: someone listens and the
+        Deployments' watches are live (while one is broken, a change goes unnoticed)."""
+        return self.on_workload_change is not None and self.live(DEPLOYMENTS)
 
     def live(self, kind: Kind) -> bool:
         watches = self._watches.get(kind) or []

@@ -41,7 +41,7 @@ from modelrollout.api.models import (
     Verdict,
 )
 from modelrollout.audit import verify
-from modelrollout.engine.timing import READY_POLL
+from modelrollout.engine.timing import READY_POLL, READY_POLL_WATCHED
 from modelrollout.engine.types import (
     Action,
     Decision,
@@ -465,7 +465,19 @@ CASES: list[Case] = [
         0,
         [ENSURE_A, ENSURE_B],
         [],
-        check=requeue(READY_POLL),  # or sooner: a Deployment change wakes the rollout
+        check=requeue(READY_POLL),  # nothing else tells the operator: poll
+    ),
+    Case(
+        "readiness: candidate not ready yet, its Deployments watched",
+        rolling(0, ready=None),
+        observe(b_ready=0, slots_watched=True),
+        at(30),
+        Phase.PROGRESSING,
+        0,
+        [ENSURE_A, ENSURE_B],
+        [],
+        # a change of the Deployment wakes the rollout; the poll only covers a lost wake-up
+        check=requeue(READY_POLL_WATCHED),
     ),
     Case(
         "readiness: slot ready but with another version",

@@ -239,6 +239,38 @@ def test_status_updates_that_change_nothing_the_engine_sees_wake_no_one() -> Non
     assert woken == ["fraud"] * 3
 
 
+def test_what_changed_while_the_watch_was_down_wakes_its_rollouts_after_the_relist() -> None:
+    """While the watch is broken nothing wakes a rollout; the list that mends it tells each
+    change it finds (a Deployment that became ready, one that is gone) as an event would."""
+    cache = ObjectCache(k8s.ApiClient(), ["ns"])
+    woken: list[str] = []
+    cache.on_workload_change = lambda ns, name: woken.append(name)
+    [deployments] = cache._watches[DEPLOYMENTS]
+
+    def deployment(name: str, rollout: str, ready: int) -> dict[str, Any]:
+        d = obj(name, spec={"replicas": 1}, status={"readyReplicas": ready})
+        d["metadata"]["labels"] = {LABEL_ROLLOUT: rollout}
+        return d
+
+    deployments._list = FakeList(
+        [deployment("a-b", "a", 0), deployment("b-b", "b", 0), deployment("c-b", "c", 0)]
+    )
+    deployments._relist()
+    woken.clear()
+    # down for a while: a-b became ready, b-b was deleted, c-b changed nothing that matters
+    unchanged = deployment("c-b", "c", 0)
+    unchanged["status"]["observedGeneration"] = 0
+    deployments._list = FakeList([deployment("a-b", "a", 1), unchanged])
+    deployments._relist()
+    assert sorted(woken) == ["a", "b"]
+    assert cache.wakes_on_workload_change() is True  # listed, watching
+    deployments._live = False  # broken again: changes go unnoticed meanwhile
+    assert cache.wakes_on_workload_change() is False
+    deployments._live = True
+    cache.on_workload_change = None
+    assert cache.wakes_on_workload_change() is False
+
+
 def test_readiness_changed_is_what_slot_state_tells_the_engine() -> None:
     old = {
         "metadata": {"generation": 3},
