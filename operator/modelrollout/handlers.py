@@ -35,6 +35,10 @@ from modelrollout.routing import make_router
 log = structlog.get_logger("modelrollout.handlers")
 
 RESYNC = timedelta(seconds=30)
+SETTLED_RESYNC = timedelta(minutes=5)
+"""How often a settled rollout is looked at while every change of its Deployments and route
+wakes it anyway (the watches are live): at 1,000 settled rollouts, RESYNC alone was 33
+reconciles a second that found nothing to do."""
 ERROR_BACKOFF = timedelta(seconds=2)
 CATCH_UP_WAIT = timedelta(seconds=2)
 """The longest a tick waits for the watch to deliver the operator's own last status write."""
@@ -49,6 +53,7 @@ class Trigger(StrEnum):
     START = "start"  # the daemon started: the operator started or the rollout appeared
     CHANGE = "change"  # a new spec generation or a manual command
     WORKLOAD = "workload"  # one of its Deployments changed what the engine sees of it
+    ROUTE = "route"  # someone else changed its route
     CAUGHT_UP = "caught-up"  # its own last status write came back through the watch
     RETRY = "retry"  # after an error, or a deferred tick whose write did not come back in time
     RESYNC = "resync"  # settled, nothing due: a periodic look (drift of the route or slots)
@@ -169,8 +174,10 @@ async def _reconcile_once(
     except Exception:
         log.exception("reconcile failed; retrying", namespace=namespace, rollout=name)
         return Next(ERROR_BACKOFF, Trigger.RETRY)
-    if decision is None or decision.requeue_after is None:
+    if decision is None:
         return Next(RESYNC, Trigger.RESYNC)
+    if decision.requeue_after is None:
+        return Next(SETTLED_RESYNC if reconciler.watches_everything() else RESYNC, Trigger.RESYNC)
     # requeue_after counts from the tick's `now`: the time the reconcile itself took (a slow
     # apiserver) must not push every next look back by as much.
     left = now + decision.requeue_after - _now()
@@ -222,6 +229,9 @@ async def release_routes(
     status = ModelRolloutStatus.model_validate(dict(body.status or {}))
     if status.stable_slot is None:
         return
+    cache = getattr(memo.reconciler.kube, "cache", None)
+    if cache is not None:
+        cache.forget_rollout(namespace or "", name)
     router = make_router(memo.reconciler.kube.api_client, namespace or "", name, spec, owner=None)
     await router.finalize(slot_name(name, status.stable_slot))
 

@@ -127,6 +127,12 @@ class Reconciler:
             lambda: ModelRolloutSpec.model_validate(body.get("spec") or {}),
         )
 
+    def watches_everything(self) -> bool:
+        """Whether every change of what a settled rollout depends on wakes it (the watch cache
+        is live for its Deployments and routes)."""
+        cache = getattr(self.kube, "cache", None)  # stand-ins (tests) need not have one
+        return cache is not None and bool(cache.watches_everything())
+
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision | None:
         started = time.perf_counter()
         meta = body["metadata"]

@@ -16,7 +16,18 @@ import pytest
 
 from modelrollout import handlers
 from modelrollout.engine.types import Wake
-from modelrollout.handlers import CATCH_UP_WAIT, Memo, Trigger, Wakeup, drive, wake_on_change
+from modelrollout.handlers import (
+    CATCH_UP_WAIT,
+    RESYNC,
+    SETTLED_RESYNC,
+    Memo,
+    Next,
+    Trigger,
+    Wakeup,
+    _reconcile_once,
+    drive,
+    wake_on_change,
+)
 from modelrollout.observability import METRICS
 from modelrollout.reconciler import StaleStatus
 
@@ -245,3 +256,25 @@ async def test_a_spec_change_wakes_the_daemon_and_a_status_write_does_not() -> N
     raw["metadata"]["generation"] = 2
     await wake_on_change(body=kopf.Body(raw), name="m", namespace="ns", memo=memo)  # type: ignore[call-arg]
     assert wake.reason is Trigger.CHANGE
+
+
+class Settled:
+    """A reconciler whose rollout is settled (nothing due), with or without live watches."""
+
+    def __init__(self, watched: bool) -> None:
+        self.watched = watched
+
+    async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
+        return SimpleNamespace(requeue_after=None, requeue_reason=None)
+
+    def watches_everything(self) -> bool:
+        return self.watched
+
+
+@pytest.mark.parametrize(("watched", "rest"), [(True, SETTLED_RESYNC), (False, RESYNC)])
+async def test_a_settled_rollout_rests_longer_while_its_watches_would_wake_it(
+    watched: bool, rest: timedelta
+) -> None:
+    # At 1,000 settled rollouts a look every 30 s was 33 reconciles a second finding nothing.
+    after = await _reconcile_once(Settled(watched), BODY, "ns", "m")  # type: ignore[arg-type]
+    assert after == Next(rest, Trigger.RESYNC)

@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -287,17 +287,22 @@ def run(args: argparse.Namespace) -> None:
         if cache is not None:
             loop = asyncio.get_running_loop()
 
-            def wake(namespace: str, rollout: str) -> None:
+            def wake(namespace: str, rollout: str, why: Trigger) -> None:
                 wakeup = memo.wakeups.get((namespace, rollout))
                 if wakeup is not None:
-                    wakeup.set(Trigger.WORKLOAD)
+                    wakeup.set(why)
 
-            # A Deployment of a rollout changed (a replica became ready, ...): wake its daemon
-            # now rather than at its next poll. From the watch thread, so through the loop.
-            def wake_soon(namespace: str, rollout: str) -> None:
-                loop.call_soon_threadsafe(wake, namespace, rollout)
+            # A Deployment of a rollout changed (a replica became ready, ...) or someone edited
+            # its route: wake its daemon now rather than at its next poll. From the watch
+            # threads, so through the loop.
+            def wake_soon(why: Trigger) -> Callable[[str, str], None]:
+                def call(namespace: str, rollout: str) -> None:
+                    loop.call_soon_threadsafe(wake, namespace, rollout, why)
 
-            cache.on_workload_change = wake_soon
+                return call
+
+            cache.on_workload_change = wake_soon(Trigger.WORKLOAD)
+            cache.on_route_change = wake_soon(Trigger.ROUTE)
             cache.start()
         try:
             await kopf.operator(

@@ -21,6 +21,7 @@ CRD is not installed, every read misses and falls back to a GET.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -146,7 +147,7 @@ class _Watch:
         self._live = True
         if self._on_event is not None:
             # What changed while the watch was down is told like a watch event would have.
-            changes = [(old, None) for old in gone.values()]
+            changes: list[tuple[Obj | None, Obj | None]] = [(old, None) for old in gone.values()]
             changes += [(held[k], new) for k, new in fresh.items() if held[k] is not new]
             for before, after in changes:
                 try:
@@ -224,6 +225,9 @@ class ObjectCache:
         apps, core, custom = k8s.AppsV1Api(own), k8s.CoreV1Api(own), k8s.CustomObjectsApi(own)
         self._stop = threading.Event()
         self.on_workload_change: Callable[[str, str], None] | None = None
+        self.on_route_change: Callable[[str, str], None] | None = None
+        # (kind, namespace, route name) -> the rollouts whose traffic that route carries
+        self._route_followers: dict[tuple[Kind, str, str], frozenset[str]] = {}
         kinds = [DEPLOYMENTS, SERVICES, *routes]
         self._stores: dict[Kind, dict[Key, Obj]] = {kind: {} for kind in kinds}
         self._locks: dict[Kind, threading.Lock] = {kind: threading.Lock() for kind in kinds}
@@ -247,7 +251,13 @@ class ObjectCache:
                 )
             for kind, func in funcs.items():
                 selector = LABEL_ROLLOUT if kind in (DEPLOYMENTS, SERVICES) else None
-                on_event = self._workload_changed if kind == DEPLOYMENTS else None
+                on_event = (
+                    self._workload_changed
+                    if kind == DEPLOYMENTS
+                    else None
+                    if kind == SERVICES
+                    else functools.partial(self._route_changed, kind)
+                )
                 self._watches[kind].append(
                     _Watch(
                         kind,
@@ -277,6 +287,45 @@ class ObjectCache:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def follow_route(self, kind: Kind, namespace: str, name: str, rollout: str) -> None:
+        """Tell :attr:`on_route_change` about changes of this route to ``rollout``."""
+        key = (kind, namespace, name)
+        followers = self._route_followers.get(key, frozenset())
+        if rollout not in followers:
+            self._route_followers[key] = followers | {rollout}
+
+    def forget_rollout(self, namespace: str, rollout: str) -> None:
+        for key, followers in list(self._route_followers.items()):
+            if key[1] == namespace and rollout in followers:
+                self._route_followers[key] = followers - {rollout}
+
+    def _route_changed(self, kind: Kind, before: Obj | None, after: Obj | None) -> None:
+        """A route changed: wake the rollouts it carries, unless it is the version the
+        operator wrote itself (:meth:`offer` stored it already) or only its status changed."""
+        meta = (after or before or {}).get("metadata") or {}
+        namespace = str(meta.get("namespace") or "")
+        followers = self._route_followers.get((kind, namespace, str(meta.get("name") or "")))
+        if not followers or self.on_route_change is None:
+            return
+        if (
+            before is not None
+            and after is not None
+            and (_version(before) == _version(after) or before.get("spec") == after.get("spec"))
+        ):
+            return
+        for rollout in followers:
+            self.on_route_change(namespace, rollout)
+
+    def watches_everything(self) -> bool:
+        """Whether a change of any object a settled rollout depends on (its Deployments, its
+        route) wakes it now: then it needs only a rare look of its own."""
+        followed = {kind for kind, _, _ in self._route_followers}
+        return (
+            self.wakes_on_workload_change()
+            and self.on_route_change is not None
+            and all(self.live(kind) for kind in followed)
+        )
 
     def wakes_on_workload_change(self) -> bool:
         """Whether a change of a rollout's Deployment wakes it now: someone listens and the
@@ -312,6 +361,10 @@ class ObjectCache:
 
     def __len__(self) -> int:
         return sum(len(store) for store in self._stores.values())
+
+
+def _version(obj: Obj) -> Any:
+    return (obj.get("metadata") or {}).get("resourceVersion")
 
 
 def _older(obj: Obj, version: str) -> bool:

@@ -155,11 +155,13 @@ class CustomObjectRouter:
         editor: RouteEditor,
         custom_api: Any,
         cache: ObjectCache | None = None,
+        rollout: str | None = None,
     ) -> None:
         self.ref = ref
         self.editor = editor
         self._api = custom_api
         self._cache = cache
+        self._rollout = rollout
 
     @property
     def _kind(self) -> tuple[str, str, str]:
@@ -245,6 +247,10 @@ class CustomObjectRouter:
         shows a tick later at worst), else read. :meth:`apply` always reads afresh."""
         cached = None
         if self._cache is not None:
+            if self._rollout is not None:  # a change of the route by someone else wakes it
+                self._cache.follow_route(
+                    self._kind, self.ref.namespace, self.ref.name, self._rollout
+                )
             cached = self._cache.get(self._kind, self.ref.namespace, self.ref.name)
         return self.editor.parse(cached if cached is not None else await self.read())
 

@@ -214,4 +214,6 @@ class GatewayAPIRouter(CustomObjectRouter):
             port=port,
         )
         ref = ObjectRef(GROUP, VERSION, PLURAL, KIND, namespace, routing.http_route)
-        super().__init__(ref, editor, custom_api or k8s.CustomObjectsApi(api_client), cache)
+        super().__init__(
+            ref, editor, custom_api or k8s.CustomObjectsApi(api_client), cache, rollout_name
+        )

@@ -211,4 +211,6 @@ class IstioRouter(CustomObjectRouter):
             route_name=routing.route_name,
         )
         ref = ObjectRef(GROUP, VERSION, PLURAL, KIND, namespace, routing.virtual_service)
-        super().__init__(ref, editor, custom_api or k8s.CustomObjectsApi(api_client), cache)
+        super().__init__(
+            ref, editor, custom_api or k8s.CustomObjectsApi(api_client), cache, rollout_name
+        )

@@ -271,6 +271,59 @@ def test_what_changed_while_the_watch_was_down_wakes_its_rollouts_after_the_reli
     assert cache.wakes_on_workload_change() is False
 
 
+def test_someone_elses_change_of_a_route_wakes_the_rollouts_it_carries_and_ours_does_not() -> None:
+    """A settled rollout is looked at rarely when a change of its route wakes it: a user's
+    edit does, the operator's own write (already in the cache from its answer) and a status
+    update (the gateway's) do not, nor does a route no rollout follows."""
+    cache = ObjectCache(k8s.ApiClient(), ["ns"], routes=[HTTPROUTES])
+    woken: list[tuple[str, str]] = []
+    cache.on_route_change = lambda ns, name: woken.append((ns, name))
+    [routes] = cache._watches[HTTPROUTES]
+    fake = FakeList([])
+    routes._list = fake
+
+    def version(rv: str, weights: dict[str, int], **extra: Any) -> dict[str, Any]:
+        return {
+            **route(weights),
+            "metadata": {**obj("route")["metadata"], "resourceVersion": rv},
+            **extra,
+        }
+
+    def deliver(*bodies: dict[str, Any]) -> list[tuple[str, str]]:
+        woken.clear()
+        fake.streams.append([{"type": "MODIFIED", "object": b} for b in bodies])
+        routes._watch("1")
+        return list(woken)
+
+    assert deliver(version("2", {"m-a": 100})) == []  # followed by no one yet
+    cache.follow_route(HTTPROUTES, "ns", "route", "m")
+    cache.follow_route(HTTPROUTES, "ns", "route", "m")
+    assert deliver(version("3", {"m-a": 50, "x": 50})) == [("ns", "m")]  # someone edited it
+    assert deliver(version("4", {"m-a": 50, "x": 50}, status={"parents": []})) == []
+    cache.offer(HTTPROUTES, version("5", {"m-a": 90, "m-b": 10}))  # our own write
+    assert deliver(version("5", {"m-a": 90, "m-b": 10})) == []
+    cache.follow_route(HTTPROUTES, "ns", "route", "n")  # a second rollout's rule in it
+    assert sorted(deliver(version("6", {"m-a": 100}))) == [("ns", "m"), ("ns", "n")]
+    cache.forget_rollout("ns", "m")
+    assert deliver(version("7", {"m-a": 80, "m-b": 20})) == [("ns", "n")]
+
+
+def test_a_settled_rollout_may_rest_only_while_every_watch_it_depends_on_is_live() -> None:
+    cache = live_cache()
+    cache.on_workload_change = lambda ns, name: None
+    assert not cache.watches_everything()  # nobody listens to route changes
+    cache.on_route_change = lambda ns, name: None
+    assert cache.watches_everything()
+    cache.follow_route(HTTPROUTES, "ns", "route", "m")
+    [routes] = cache._watches[HTTPROUTES]
+    routes._live = False  # its route's watch broke
+    assert not cache.watches_everything()
+    routes._live = True
+    [deployments] = cache._watches[DEPLOYMENTS]
+    deployments._live = False
+    assert not cache.watches_everything()
+
+
 def test_readiness_changed_is_what_slot_state_tells_the_engine() -> None:
     old = {
         "metadata": {"generation": 3},
