@@ -17,6 +17,7 @@ from e2e.scenarios.support import (
     Gateway,
     create_route,
     deployment_replicas,
+    operator_metric,
     pod_uids,
     read_route,
     rollout_manifest,
@@ -126,3 +127,38 @@ def test_first_version_then_a_full_rollout_then_an_abort(
     reasons = {e.reason for e in rollouts.events(NAME)}
     assert {"StageEntered", "Promoted", "Aborted"} <= reasons, reasons
     gateway.stop_load(namespace, "gatewayAPI", NAME)
+
+
+def test_a_hand_edit_of_a_settled_rollouts_route_is_undone_at_once(
+    rollouts: Rollouts,
+    operator: OperatorProcess,
+    kube_api: k8s.ApiClient,
+    namespace: str,
+) -> None:
+    """A settled rollout is looked at only every 5 minutes when its watches are live: the
+    route's watch must wake it when someone edits the route, or the edit would stand that
+    long. The operator puts back what the status says serves, within seconds."""
+    name = "edited"
+    create_route(kube_api, namespace, "gatewayAPI", name)
+    rollouts.apply(rollout_manifest(name, "1.0.0"))
+    rollouts.wait_phase(name, "Succeeded", timeout=90)
+    wake_ups = operator_metric(
+        operator.metrics_url, "modelrollout_reconciles_total", trigger="route"
+    )
+
+    route = read_route(kube_api, namespace, "gatewayAPI", name)
+    managed_rule(route)["backendRefs"] = [
+        {"name": f"{name}-a", "port": 8080, "weight": 50},
+        {"name": f"{name}-b", "port": 8080, "weight": 50},
+    ]
+    k8s.CustomObjectsApi(kube_api).replace_namespaced_custom_object(
+        "gateway.networking.k8s.io", "v1", namespace, "httproutes", name, route
+    )
+
+    def restored() -> bool:
+        refs = managed_rule(read_route(kube_api, namespace, "gatewayAPI", name))["backendRefs"]
+        return [ref["name"] for ref in refs] == [f"{name}-a"]
+
+    wait_for("the operator to undo the hand edit", restored, timeout=20)  # resync: 5 min
+    woken = operator_metric(operator.metrics_url, "modelrollout_reconciles_total", trigger="route")
+    assert (woken or 0) > (wake_ups or 0)

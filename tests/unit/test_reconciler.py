@@ -409,7 +409,9 @@ async def test_waiting_for_the_candidate_polls_rarely_only_while_a_change_would_
         RouteState(found=True, stable_weight=100, candidate_weight=0),
     )
     world.cache = cache  # type: ignore[attr-defined]
-    decision = await reconciler(world, []).reconcile(body("2", settled_v1()), NOW)
+    # an analysis interval shorter than the poll does not bring the poll forward
+    rollout = body("2", settled_v1(), analysis={"interval": "5s"})
+    decision = await reconciler(world, []).reconcile(rollout, NOW)
     assert decision is not None and decision.status.stage is not None
     assert decision.status.stage.ready_at is None
     assert (decision.requeue_after, decision.requeue_reason) == (
