@@ -228,6 +228,7 @@ class ObjectCache:
         self.on_route_change: Callable[[str, str], None] | None = None
         # (kind, namespace, route name) -> the rollouts whose traffic that route carries
         self._route_followers: dict[tuple[Kind, str, str], frozenset[str]] = {}
+        self._followed_kinds: set[Kind] = set()
         kinds = [DEPLOYMENTS, SERVICES, *routes]
         self._stores: dict[Kind, dict[Key, Obj]] = {kind: {} for kind in kinds}
         self._locks: dict[Kind, threading.Lock] = {kind: threading.Lock() for kind in kinds}
@@ -294,6 +295,7 @@ class ObjectCache:
         followers = self._route_followers.get(key, frozenset())
         if rollout not in followers:
             self._route_followers[key] = followers | {rollout}
+            self._followed_kinds.add(kind)
 
     def forget_rollout(self, namespace: str, rollout: str) -> None:
         for key, followers in list(self._route_followers.items()):
@@ -320,11 +322,10 @@ class ObjectCache:
     def watches_everything(self) -> bool:
         """Whether a change of any object a settled rollout depends on (its Deployments, its
         route) wakes it now: then it needs only a rare look of its own."""
-        followed = {kind for kind, _, _ in self._route_followers}
         return (
             self.wakes_on_workload_change()
             and self.on_route_change is not None
-            and all(self.live(kind) for kind in followed)
+            and all(self.live(kind) for kind in self._followed_kinds)
         )
 
     def wakes_on_workload_change(self) -> bool:
