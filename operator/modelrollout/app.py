@@ -7,6 +7,7 @@ and the structured audit log line of every decision.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -31,7 +32,6 @@ from modelrollout.kube.cache import ObjectCache
 from modelrollout.kube.client import KubeClient, SecretNotFound
 from modelrollout.metrics.prometheus import PrometheusProviderFactory, QueryEvent
 from modelrollout.reconciler import OperatorConfig, Reconciler
-from modelrollout.scheduling import ReconcileSlots
 
 audit_log = structlog.get_logger("modelrollout.audit")
 log = structlog.get_logger("modelrollout.app")
@@ -197,7 +197,7 @@ def build_memo(
         register_secret=observability.register_secret,
     )
     slots = max_concurrent_reconciles or MAX_CONCURRENT_RECONCILES
-    return Memo(reconciler=reconciler, reconcile_slots=ReconcileSlots(slots))
+    return Memo(reconciler=reconciler, reconcile_slots=asyncio.Semaphore(slots))
 
 
 def _webhooks(body: dict[str, Any]) -> list[WebhookSpec]:

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import kopf
@@ -29,7 +31,6 @@ from modelrollout.api.models import (
 from modelrollout.kube.workloads import slot_name
 from modelrollout.reconciler import Reconciler, StaleStatus, older
 from modelrollout.routing import make_router
-from modelrollout.scheduling import ReconcileSlots, Trigger, Wakeup
 
 log = structlog.get_logger("modelrollout.handlers")
 
@@ -44,12 +45,58 @@ CATCH_UP_WAIT = timedelta(seconds=2)
 MAX_CONCURRENT_RECONCILES = 256
 
 
+class Trigger(StrEnum):
+    """Why a daemon looks again (the ``trigger`` label of ``modelrollout_reconciles_total``),
+    besides the time the engine asked for, which counts under what it waits for (an
+    :class:`~modelrollout.engine.types.Wake`: analysis, stage-end, readiness, converge, ...)."""
+
+    START = "start"  # the daemon started: the operator started or the rollout appeared
+    CHANGE = "change"  # a new spec generation or a manual command
+    WORKLOAD = "workload"  # one of its Deployments changed what the engine sees of it
+    ROUTE = "route"  # someone else changed its route
+    CAUGHT_UP = "caught-up"  # its own last status write came back through the watch
+    RETRY = "retry"  # after an error, or a deferred tick whose write did not come back in time
+    RESYNC = "resync"  # settled, nothing due: a periodic look (drift of the route or slots)
+
+
 class Next(NamedTuple):
     """What a daemon keeps of a reconcile while it sleeps."""
 
     delay: timedelta
     why: str  # the trigger if the delay runs out (a Wake or a Trigger)
     awaited_version: str | None = None  # the body lagged our write: wait for this version
+
+
+class Wakeup:
+    """A sleeping daemon's alarm clock: anyone with a reason for it to look now sets it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.reason: str | None = None
+        # The resourceVersion a deferred tick waits for (its own last status write), or None.
+        self.awaited_version: str | None = None
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+        self.reason = None
+
+    async def sleep(self, delay: timedelta, otherwise: str) -> str:
+        """Sleep ``delay`` unless set first; the reason to look again. A timer that sets the
+        alarm itself, not ``asyncio.wait_for``: that (Python 3.11) wraps the wait in a task of
+        its own and cancels it on every timeout, per sleeping rollout."""
+        timer = asyncio.get_running_loop().call_later(
+            max(delay.total_seconds(), 0.0), self.set, otherwise
+        )
+        try:
+            await self._event.wait()
+        finally:
+            timer.cancel()
+        return self.reason or otherwise
 
 
 @dataclass
@@ -61,10 +108,9 @@ class Memo:
     seen: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
     # Reconciles in flight at once. When every rollout's stage ends at the same moment, 1,000
     # reconciles at once each held a parsed status, its working copies and a decision: the
-    # operator's peak memory. The CPU is the limit then anyway; the rest wait their turn,
-    # scheduled ticks (analysis, stage end) first.
-    reconcile_slots: ReconcileSlots = field(
-        default_factory=lambda: ReconcileSlots(MAX_CONCURRENT_RECONCILES)
+    # operator's peak memory. The CPU is the limit then anyway; the rest wait their turn, FIFO.
+    reconcile_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
     )
 
 
@@ -92,7 +138,7 @@ async def drive(
             wake.clear()
             metrics.reconcile_started(trigger)
             queued = time.perf_counter()
-            async with memo.reconcile_slots.slot(trigger):
+            async with memo.reconcile_slots:
                 metrics.reconcile_queue.observe(time.perf_counter() - queued)
                 after = await _reconcile_once(memo.reconciler, body, namespace, name)
             if after.awaited_version is None:

@@ -22,13 +22,14 @@ from modelrollout.handlers import (
     SETTLED_RESYNC,
     Memo,
     Next,
+    Trigger,
+    Wakeup,
     _reconcile_once,
     drive,
     wake_on_change,
 )
 from modelrollout.observability import METRICS
 from modelrollout.reconciler import StaleStatus
-from modelrollout.scheduling import ReconcileSlots, Trigger, Wakeup
 
 BODY = kopf.Body({"metadata": {"name": "m", "namespace": "ns"}, "spec": {}, "status": {}})
 
@@ -131,7 +132,7 @@ async def test_no_more_reconciles_in_flight_than_the_memo_allows() -> None:
                 requeue_after=timedelta(seconds=30), requeue_reason=Wake.ANALYSIS
             )
 
-    memo = Memo(reconciler=Reconciler(), reconcile_slots=ReconcileSlots(3))  # type: ignore[arg-type]
+    memo = Memo(reconciler=Reconciler(), reconcile_slots=asyncio.Semaphore(3))  # type: ignore[arg-type]
 
     class Once:
         def __init__(self) -> None:
@@ -185,7 +186,7 @@ async def test_a_tick_on_a_body_older_than_our_write_waits_for_the_watch_outside
     # waits, holding no slot, for the watch event that brings the write, and goes on at once.
     body = kopf.Body({"metadata": {"name": "m", "namespace": "ns", "resourceVersion": "19"}})
     reconciler = StaleOnce()
-    memo = Memo(reconciler=reconciler, reconcile_slots=ReconcileSlots(1))  # type: ignore[arg-type]
+    memo = Memo(reconciler=reconciler, reconcile_slots=asyncio.Semaphore(1))  # type: ignore[arg-type]
     memo.seen[("ns", "m")] = (None, None)  # its spec's generation and command: seen before
     deferred = count(METRICS.reconciles_deferred)
     caught_up = count(METRICS.reconciles, Trigger.CAUGHT_UP)
@@ -197,7 +198,7 @@ async def test_a_tick_on_a_body_older_than_our_write_waits_for_the_watch_outside
         reconciler.ticked.clear()
         while memo.wakeups[("ns", "m")].awaited_version is None:
             await asyncio.sleep(0.001)
-        assert memo.reconcile_slots.in_use == 0  # waiting, but not in a slot
+        assert memo.reconcile_slots._value == 1  # waiting, but not in a slot
         assert count(METRICS.reconciles_deferred) == deferred + 1
         # A status write of someone else (older than ours) arrives: still waiting.
         body._replace_with({"metadata": {"name": "m", "namespace": "ns", "resourceVersion": "19"}})

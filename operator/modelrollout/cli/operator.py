@@ -200,9 +200,9 @@ def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
 def run(args: argparse.Namespace) -> None:
     from modelrollout import handlers, observability
     from modelrollout.app import build_memo
+    from modelrollout.handlers import Trigger
     from modelrollout.kube.cache import ObjectCache
     from modelrollout.routing import gateway_api, istio
-    from modelrollout.scheduling import Trigger
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig

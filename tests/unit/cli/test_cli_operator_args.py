@@ -17,7 +17,7 @@ def test_the_flag_bounds_the_reconciles_in_flight() -> None:
         prometheus_url=None,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
-    assert memo.reconcile_slots.size == 7
+    assert memo.reconcile_slots._value == 7
 
 
 def test_without_the_flag_the_documented_default_holds() -> None:
@@ -28,7 +28,7 @@ def test_without_the_flag_the_documented_default_holds() -> None:
         prometheus_url=None,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
-    assert memo.reconcile_slots.size == MAX_CONCURRENT_RECONCILES == Memo().reconcile_slots.size
+    assert memo.reconcile_slots._value == MAX_CONCURRENT_RECONCILES == Memo().reconcile_slots._value
     run = next(a for a in parser._actions if a.dest == "command").choices["run"]  # type: ignore[union-attr]
     help_text = " ".join(run.format_help().split())
     assert f"default {MAX_CONCURRENT_RECONCILES})" in help_text
