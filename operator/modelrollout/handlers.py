@@ -193,8 +193,9 @@ def _caught_up(body: kopf.Body | dict[str, Any], awaited: str) -> bool:
 async def wake_on_change(
     body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any
 ) -> None:
-    """Wake the rollout's daemon when its spec or manual command changed (not on status writes,
-    except the one a deferred tick waits for).
+    """Wake the rollout's daemon when its spec or manual command changed, or someone else
+    changed its status (not on the operator's own status writes, except the one a deferred tick
+    waits for).
 
     Async on purpose: kopf runs a sync handler in a worker thread, and ``asyncio.Event.set()``
     is not thread-safe (the daemon might not wake until the loop wakes for something else).
@@ -210,6 +211,9 @@ async def wake_on_change(
         (body.metadata.annotations or {}).get(ANNOTATION_COMMAND),
     )
     if memo.seen.get(key) == fingerprint:
+        reconciler = memo.reconciler
+        if wake is not None and reconciler is not None and reconciler.changed_by_others(body):
+            wake.set(Trigger.CHANGE)  # someone else edited or wiped the status
         return
     memo.seen[key] = fingerprint
     if wake is not None:

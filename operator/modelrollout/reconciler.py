@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -106,6 +106,9 @@ class Reconciler:
     _specs: dict[tuple[str, str], tuple[str, int, ModelRolloutSpec]] = field(default_factory=dict)
     # (namespace, name) -> (uid, resourceVersion) of the operator's own last status write.
     _written: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # (namespace, name) -> status_fingerprint of the status as this operator last wrote or
+    # found it: a watch event with another one is a change by someone else.
+    _fingerprints: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
 
     def _validate(self, body: dict[str, Any], generation: int) -> list[str]:
         """``validation.validate(body)``, computed once per spec generation: it reads only the
@@ -126,6 +129,20 @@ class Reconciler:
             generation,
             lambda: ModelRolloutSpec.model_validate(body.get("spec") or {}),
         )
+
+    def changed_by_others(self, body: Mapping[str, Any]) -> bool:
+        """Whether this (watch event's) body carries a status that neither this operator wrote
+        nor found on its last tick: someone else edited or wiped it. Status writes wake no
+        rollout otherwise, and a settled one looks again only every few minutes."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        known = self._fingerprints.get(key)
+        if known is None:
+            return False
+        written = self._written.get(key)
+        if written is not None and older(meta.get("resourceVersion"), written[1]):
+            return False  # an event from before our last write, delivered late
+        return status_fingerprint(body.get("status") or {}) != known
 
     def watches_everything(self) -> bool:
         """Whether every change of what a settled rollout depends on wakes it (the watch cache
@@ -148,6 +165,9 @@ class Reconciler:
         # audit trail is ~300 KiB, memory that 1,000 rollouts cannot spare (docs/performance.md).
         status = _parse_status(body.get("status"))
         generation = int(meta.get("generation") or 0)
+        if len(self._fingerprints) >= VALIDATED_MAX:
+            self._fingerprints.clear()  # deleted rollouts' entries: drop them now and then
+        self._fingerprints[(namespace, name)] = status_fingerprint(body.get("status") or {})
 
         problems = self._validate(body, generation)
         refused = self._refused.get((namespace, name))
@@ -316,11 +336,14 @@ class Reconciler:
         # Against what is stored, not against ``before``: parsing fills in defaults (weights
         # 0/0, empty analysis), and a field equal to its default but never written must still
         # be sent once, or readers of the object never see it.
-        patch = status_patch(body.get("status") or {}, after.model_dump(mode="json", by_alias=True))
+        stored = body.get("status") or {}
+        patch = status_patch(stored, after.model_dump(mode="json", by_alias=True))
         if not patch:
             return False
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        # before the write: its own watch event must not look like someone else's change
+        self._fingerprints[key] = status_fingerprint({**stored, **patch})
         version = await self.kube.patch_status(key[0], key[1], patch)
         if isinstance(version, str):
             if len(self._written) >= VALIDATED_MAX:
@@ -489,6 +512,23 @@ def older(version: Any, than: str) -> bool:
 _STATUS_FIELDS = frozenset(
     field.alias or name for name, field in ModelRolloutStatus.model_fields.items()
 )
+
+
+def status_fingerprint(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What identifies a rollout's status cheaply: its state fields and the head of its
+    hash-chained audit trail (every decision appends to it)."""
+    history = status.get("history") or []
+    head = history[-1] if history and isinstance(history[-1], Mapping) else {}
+    stage = status.get("stage") if isinstance(status.get("stage"), Mapping) else {}
+    return (
+        status.get("phase"),
+        status.get("stableSlot"),
+        status.get("stableVersion"),
+        status.get("candidateVersion"),
+        (stage or {}).get("name"),
+        len(history),
+        head.get("hash"),
+    )
 
 
 def status_patch(stored: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -175,6 +175,9 @@ class StaleOnce:
             raise StaleStatus("ns", "m", body["metadata"]["resourceVersion"], "20")
         return SimpleNamespace(requeue_after=timedelta(seconds=30), requeue_reason=Wake.ANALYSIS)
 
+    def changed_by_others(self, body: Any) -> bool:
+        return False
+
 
 def count(metric: Any, *labels: str) -> float:
     return float((metric.labels(*labels) if labels else metric)._value.get())
@@ -278,3 +281,25 @@ async def test_a_settled_rollout_rests_longer_while_its_watches_would_wake_it(
     # At 1,000 settled rollouts a look every 30 s was 33 reconciles a second finding nothing.
     after = await _reconcile_once(Settled(watched), BODY, "ns", "m")  # type: ignore[arg-type]
     assert after == Next(rest, Trigger.RESYNC)
+
+
+class EditedElsewhere:
+    def __init__(self, edited: bool) -> None:
+        self.edited = edited
+
+    def changed_by_others(self, body: Any) -> bool:
+        return self.edited
+
+
+@pytest.mark.parametrize("edited", [True, False])
+async def test_a_status_someone_else_wrote_wakes_the_daemon_and_our_own_does_not(
+    edited: bool,
+) -> None:
+    # A settled rollout looks again only every few minutes: a wiped or edited status must
+    # wake it, its own status writes (the same generation, no command) must not.
+    memo = Memo(reconciler=EditedElsewhere(edited))  # type: ignore[arg-type]
+    wake = memo.wakeups[("ns", "m")] = Wakeup()
+    raw: dict[str, Any] = {"metadata": {"name": "m", "namespace": "ns", "generation": 1}}
+    memo.seen[("ns", "m")] = (1, None)
+    await wake_on_change(body=kopf.Body(raw), name="m", namespace="ns", memo=memo)  # type: ignore[call-arg]
+    assert wake.reason == (Trigger.CHANGE if edited else None)

@@ -418,3 +418,39 @@ async def test_waiting_for_the_candidate_polls_rarely_only_while_a_change_would_
         timedelta(seconds=poll),
         Wake.READINESS,
     )
+
+
+async def test_a_status_written_by_someone_else_is_told_from_our_own() -> None:
+    """A settled rollout is looked at every few minutes: its daemon must wake when someone
+    wipes or edits its status, and not for the watch events of the operator's own writes."""
+    world = Versioned(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=100, candidate_weight=0),
+    )
+    rec = reconciler(world, [])
+    stored = settled_v1()
+    first = body("1", stored)
+    first["metadata"]["resourceVersion"] = "100"
+    assert not rec.changed_by_others(first)  # never looked at: nothing to compare with
+    settled = await rec.reconcile(first, NOW)
+    assert settled is not None
+    stored = settled.status.model_dump(mode="json", by_alias=True)
+    again = body("1", stored)
+    again["metadata"]["resourceVersion"] = str(world.version)
+    assert not rec.changed_by_others(again)  # its own write, as the watch brings it back
+    await rec.reconcile(again, NOW)
+    assert not rec.changed_by_others(again)  # what it found, unchanged
+    # Our own write (version 2 starts): its watch event is ours.
+    started = body("2", stored)
+    started["metadata"]["resourceVersion"] = str(world.version)
+    decision = await rec.reconcile(started, NOW)
+    assert decision is not None and "status" in world.kinds()
+    echo = body("2", decision.status.model_dump(mode="json", by_alias=True))
+    echo["metadata"]["resourceVersion"] = str(world.version)
+    assert not rec.changed_by_others(echo)
+    late = body("2", stored)  # an event from before our write, delivered late
+    late["metadata"]["resourceVersion"] = "99"
+    assert not rec.changed_by_others(late)
+    wiped = body("2", {})
+    wiped["metadata"]["resourceVersion"] = str(world.version + 1)
+    assert rec.changed_by_others(wiped)
