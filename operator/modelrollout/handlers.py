@@ -28,8 +28,9 @@ from modelrollout.api.models import (
     ModelRolloutSpec,
     ModelRolloutStatus,
 )
+from modelrollout.kube.cache import older
 from modelrollout.kube.workloads import slot_name
-from modelrollout.reconciler import Reconciler, StaleStatus, older
+from modelrollout.reconciler import Reconciler, StaleStatus
 from modelrollout.routing import make_router
 
 log = structlog.get_logger("modelrollout.handlers")
@@ -141,15 +142,13 @@ async def drive(
             async with memo.reconcile_slots:
                 metrics.reconcile_queue.observe(time.perf_counter() - queued)
                 after = await _reconcile_once(memo.reconciler, body, namespace, name)
-            if after.awaited_version is None:
-                trigger = await wake.sleep(after.delay, after.why)
-                continue
-            # The body is older than our own last write: wait, outside the slot, for the watch
-            # to deliver it (wake_on_change sees it arrive) instead of polling for it.
-            metrics.reconcile_deferred()
-            wake.awaited_version = after.awaited_version
-            if _caught_up(body, after.awaited_version):
-                wake.set(Trigger.CAUGHT_UP)  # it arrived while we were finding out
+            if after.awaited_version is not None:
+                # The body is older than our own last write: wait, outside the slot, for the
+                # watch to deliver it (wake_on_change sees it arrive) instead of polling for it.
+                metrics.reconcile_deferred()
+                wake.awaited_version = after.awaited_version
+                if _caught_up(body, after.awaited_version):
+                    wake.set(Trigger.CAUGHT_UP)  # it arrived while we were finding out
             trigger = await wake.sleep(after.delay, after.why)
             wake.awaited_version = None
     finally:

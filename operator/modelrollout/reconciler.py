@@ -56,6 +56,7 @@ from modelrollout.engine.types import (
     SetTraffic,
     Slot,
 )
+from modelrollout.kube.cache import older
 from modelrollout.kube.client import KubeClient, SecretNotFound, SlotNotOwned
 from modelrollout.kube.workloads import slot_name, slot_state
 from modelrollout.metrics import analysis as metric_analysis
@@ -498,15 +499,6 @@ class StaleStatus(Exception):
             f"status write {written}"
         )
         self.written = written
-
-
-def older(version: Any, than: str) -> bool:
-    """Whether resourceVersion ``version`` is older than ``than``. They are etcd revisions
-    (decimal integers) on every apiserver we know; anything else is never called older."""
-    try:
-        return int(str(version)) < int(than)
-    except ValueError:
-        return False
 
 
 _STATUS_FIELDS = frozenset(

@@ -14,11 +14,11 @@ import pytest
 
 from modelrollout.api.models import ModelRef, ModelRolloutSpec, ModelRolloutStatus, Phase
 from modelrollout.engine.types import Command, CommandVerb, RouteState, Wake
+from modelrollout.kube.cache import older
 from modelrollout.kube.workloads import ANNOTATION_VERSION
 from modelrollout.reconciler import (
     Reconciler,
     StaleStatus,
-    older,
     parse_command,
     replica_ratio_count,
     status_patch,

@@ -350,14 +350,14 @@ class ObjectCache:
         what was written even while the watch lags (under load, by seconds: each tick until
         it caught up saw a route that had not converged and looked again 1 s later)."""
         store = self._stores.get(kind)
-        version = (obj.get("metadata") or {}).get("resourceVersion")
+        version = _version(obj)
         if store is None or version is None:
             return
         key = _key(obj)
         with self._locks[kind]:
             held = store.get(key)
-            if held is not None and not _older(held, str(version)):
-                return
+            if held is not None and not older(_version(held), str(version)):
+                return  # the watch's copy wins when versions cannot be compared
             store[key] = _trim(obj, kind)
 
     def __len__(self) -> int:
@@ -368,12 +368,11 @@ def _version(obj: Obj) -> Any:
     return (obj.get("metadata") or {}).get("resourceVersion")
 
 
-def _older(obj: Obj, version: str) -> bool:
-    """Whether ``obj`` is an older version than ``version`` (etcd revisions, decimal; any
-    other form is never called older, so the watch's copy wins)."""
-    held = (obj.get("metadata") or {}).get("resourceVersion")
+def older(version: Any, than: str) -> bool:
+    """Whether resourceVersion ``version`` is older than ``than``. They are etcd revisions
+    (decimal integers) on every apiserver we know; anything else is never called older."""
     try:
-        return int(str(held)) < int(version)
+        return int(str(version)) < int(than)
     except ValueError:
         return False
 
