@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -110,6 +110,8 @@ class Reconciler:
     # (namespace, name) -> status_fingerprint of the status as this operator last wrote or
     # found it: a watch event with another one is a change by someone else.
     _fingerprints: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    # the fingerprint a status write under way replaces, by rollout
+    _replaced: dict[tuple[str, str], tuple[Any, ...] | None] = field(default_factory=dict)
 
     def _validate(self, body: dict[str, Any], generation: int) -> list[str]:
         """``validation.validate(body)``, computed once per spec generation: it reads only the
@@ -141,9 +143,16 @@ class Reconciler:
         if known is None:
             return False
         written = self._written.get(key)
-        if written is not None and older(meta.get("resourceVersion"), written[1]):
-            return False  # an event from before our last write, delivered late
-        return status_fingerprint(body.get("status") or {}) != known
+        version = meta.get("resourceVersion")
+        if written is not None and (version == written[1] or older(version, written[1])):
+            # Our last write itself, or an event from before it, delivered late. (kopf may
+            # hand the daemon a body before its event handler sees it: the next write's
+            # fingerprint is then set already.)
+            return False
+        found = status_fingerprint(body.get("status") or {})
+        # While our write is under way, the status it replaces is no one else's either: kopf's
+        # finalizer or annotation patch (metadata only) may land between read and write.
+        return found != known and (key not in self._replaced or found != self._replaced[key])
 
     def watches_everything(self) -> bool:
         """Whether every change of what a settled rollout depends on wakes it (the watch cache
@@ -226,7 +235,7 @@ class Reconciler:
         decision = engine.decide(
             spec, status, observation, now, history_limit=self.config.history_limit
         )
-        await self._apply(body, spec, status, decision, router)
+        decision = await self._apply(body, spec, status, decision, router, observation, now)
         if self.on_decision is not None:
             self.on_decision(body, observation, decision, time.perf_counter() - started)
         return decision
@@ -240,7 +249,11 @@ class Reconciler:
         before: ModelRolloutStatus,
         decision: Decision,
         router: TrafficRouter | None,
-    ) -> None:
+        observation: Observation,
+        now: datetime,
+    ) -> Decision:
+        """Carry ``decision`` out: traffic back towards stable, the status, then the rest. The
+        decision as written is returned (a promotion's, with its route read back)."""
         first: list[Action] = []
         rest: list[Action] = []
         # One decide may make several transitions (e.g. enter the last stage and promote at
@@ -258,9 +271,37 @@ class Reconciler:
 
         for action in first:
             await self._do(body, spec, decision.status, action, router)
+        if router is not None and first and decision.status.phase is Phase.SUCCEEDED:
+            decision = await self._read_back(spec, decision, router, observation, now)
         await self._write_status(body, before, decision.status)
         for action in rest:
             await self._do(body, spec, decision.status, action, router)
+        if router is not None and any(isinstance(a, SetTraffic) for a in rest):
+            decision = await self._read_back(spec, decision, router, observation, now)
+        return decision
+
+    async def _read_back(
+        self,
+        spec: ModelRolloutSpec,
+        decision: Decision,
+        router: TrafficRouter,
+        observation: Observation,
+        now: datetime,
+    ) -> Decision:
+        """The route read back right after the tick's write (from the watch cache, which holds
+        the write's answer): a promotion's status write says Ready at once, and no look a
+        second later is needed to see that the write took (engine.read_back)."""
+        try:
+            route = await router.observe()
+        except RoutingError:
+            return decision  # the next look finds out and reports it
+        return engine.read_back(
+            spec,
+            decision,
+            replace(observation, route=route),
+            now,
+            history_limit=self.config.history_limit,
+        )
 
     async def _do(
         self,
@@ -344,8 +385,12 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         # before the write: its own watch event must not look like someone else's change
+        self._replaced[key] = self._fingerprints.get(key)
         self._fingerprints[key] = status_fingerprint({**stored, **patch})
-        version = await self.kube.patch_status(key[0], key[1], patch)
+        try:
+            version = await self.kube.patch_status(key[0], key[1], patch)
+        finally:
+            self._replaced.pop(key, None)
         if isinstance(version, str):
             if len(self._written) >= VALIDATED_MAX:
                 self._written.clear()  # deleted rollouts' entries: drop them all now and then

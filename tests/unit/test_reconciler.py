@@ -185,6 +185,74 @@ async def test_entering_the_last_stage_and_promoting_in_one_tick_applies_only_th
     assert ("Normal", "Promoted") in events
 
 
+class ReadBack(World):
+    """A router whose reads return what it last wrote, unless someone rewrote it (``override``)."""
+
+    override: RouteState | None = None
+
+    async def apply(self, desired: DesiredRoutes) -> bool:
+        await super().apply(desired)
+        weight = desired.candidate_weight if desired.candidate_service else 0
+        self.route = self.override or RouteState(
+            found=True, stable_weight=100 - weight, candidate_weight=weight
+        )
+        return True
+
+
+def ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+async def test_a_promotion_reads_its_route_back_and_says_ready_in_its_one_status_write() -> None:
+    world = ReadBack(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=0, candidate_weight=100),
+    )
+    status = progressing_status(2, "full", 100, NOW - timedelta(minutes=2))
+    decision = await reconciler(world, []).reconcile(body("2", status), NOW)
+    assert decision is not None and decision.status.phase is Phase.SUCCEEDED
+    writes = [arg for kind, arg in world.log if kind == "status"]
+    assert len(writes) == 1
+    assert (ready(writes[0])["status"], ready(writes[0])["reason"]) == ("True", "Succeeded")
+    assert decision.requeue_after is None  # settled: no look a second later to read it back
+
+    # The next look (the write's own watch event) finds nothing left to write.
+    world.log.clear()
+    after = decision.status.model_dump(mode="json", by_alias=True)
+    again = await reconciler(world, []).reconcile(body("2", after), NOW + timedelta(seconds=1))
+    assert again is not None and "status" not in world.kinds()
+
+
+async def test_a_promotion_whose_route_reads_back_otherwise_is_not_ready_yet() -> None:
+    world = ReadBack(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=0, candidate_weight=100),
+    )
+    world.override = RouteState(found=True, stable_weight=50, candidate_weight=50)
+    status = progressing_status(2, "full", 100, NOW - timedelta(minutes=2))
+    decision = await reconciler(world, []).reconcile(body("2", status), NOW)
+    assert decision is not None and decision.status.phase is Phase.SUCCEEDED
+    (write,) = [arg for kind, arg in world.log if kind == "status"]
+    assert (ready(write)["status"], ready(write)["reason"]) == ("False", "RouteConverging")
+    assert decision.requeue_reason is Wake.CONVERGE
+
+
+@pytest.mark.parametrize("reads_back", [True, False], ids=["as-written", "not-yet"])
+async def test_a_stage_whose_route_reads_back_as_written_needs_no_look_to_re_read_it(
+    reads_back: bool,
+) -> None:
+    deployments = {"m-a": deployment("1"), "m-b": deployment("2")}
+    start = RouteState(found=True, stable_weight=100, candidate_weight=0)
+    world = ReadBack(deployments, start) if reads_back else World(deployments, start)
+    decision = await reconciler(world, []).reconcile(body("2", settled_v1()), NOW)
+    assert decision is not None and ("route", ("m-a", "m-b", 10)) in world.log
+    if reads_back:
+        assert decision.requeue_reason is not Wake.CONVERGE
+        assert decision.requeue_after is not None and decision.requeue_after > timedelta(seconds=1)
+    else:  # the route still reads as before the write: look again soon
+        assert decision.requeue_reason is Wake.CONVERGE
+
+
 async def test_traffic_towards_the_candidate_is_set_after_the_status_commits_the_stage() -> None:
     world = World(
         {"m-a": deployment("1"), "m-b": deployment("2")},
@@ -454,3 +522,44 @@ async def test_a_status_written_by_someone_else_is_told_from_our_own() -> None:
     wiped = body("2", {})
     wiped["metadata"]["resourceVersion"] = str(world.version + 1)
     assert rec.changed_by_others(wiped)
+
+
+async def test_our_last_writes_event_seen_while_the_next_write_is_in_flight_is_ours() -> None:
+    """kopf may hand the daemon the body of our write before its event handler sees that
+    event; the next tick's write has set its own fingerprint by then. The event's version is
+    the one our last write answered with: ours, not someone else's change."""
+    world = Versioned(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=100, candidate_weight=0),
+    )
+    rec = reconciler(world, [])
+    tick = body("2", settled_v1())
+    tick["metadata"]["resourceVersion"] = "100"
+    first = await rec.reconcile(tick, NOW)  # writes version 101
+    assert first is not None and world.version == 101
+    ours = body("2", first.status.model_dump(mode="json", by_alias=True))
+    ours["metadata"]["resourceVersion"] = "101"
+
+    # kopf's own metadata patch (finalizer, annotation) lands between our read and our write:
+    # its event carries the status our write replaces.
+    kopf_patch = body("2", first.status.model_dump(mode="json", by_alias=True))
+
+    class InFlight(Versioned):
+        async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> str:
+            # the event of write 101 is handled while this write is under way
+            seen.append(rec.changed_by_others(ours))
+            self.version += 1
+            kopf_patch["metadata"]["resourceVersion"] = str(self.version)
+            seen.append(rec.changed_by_others(kopf_patch))
+            return await super().patch_status(namespace, name, status)
+
+    seen: list[bool] = []
+    world.__class__ = InFlight
+    later = await rec.reconcile(ours, NOW + timedelta(minutes=20))
+    assert later is not None and seen == [False, False]
+    someone = body("2", {})
+    someone["metadata"]["resourceVersion"] = str(world.version + 1)
+    assert rec.changed_by_others(someone)
+    # Once our write is done, the status it replaced coming back is someone else's doing.
+    kopf_patch["metadata"]["resourceVersion"] = str(world.version + 2)
+    assert rec.changed_by_others(kopf_patch)

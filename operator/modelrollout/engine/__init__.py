@@ -62,14 +62,16 @@ Conditions and message: see :mod:`.conditions`. History: every transition append
 entry to the hash-chained audit trail (:mod:`modelrollout.audit`); a tick that changes
 nothing appends nothing, so deciding twice on the same input is idempotent.
 
-requeue_after: the time until the engine must look again (stage end, next analysis, gate
-call, deadline), at most the analysis interval, 5 s while waiting for readiness (a fallback:
-the operator wakes a rollout when its Deployments change), 1 s for the route to converge,
-None when settled and the route agrees. requeue_reason says which of these it is (a
-:class:`~modelrollout.engine.types.Wake`; the operator counts reconciles by it).
+requeue_after: the time until the engine must look again (stage end, next analysis, gate call,
+deadline), at most the analysis interval, a readiness poll while waiting for it (5 s, 30 s while
+the Deployments are watched: a fallback, the operator wakes a rollout when its Deployments
+change), 1 s for the route to converge, None when settled and the route agrees. A promotion's
+route is read back before its status is written (:func:`read_back`): Ready turns True in that
+one write. requeue_reason says which of these it is (a :class:`~modelrollout.engine.types.Wake`;
+the operator counts reconciles by it).
 """
 
-from modelrollout.engine.machine import decide, invalid_spec_status
+from modelrollout.engine.machine import decide, invalid_spec_status, read_back
 from modelrollout.engine.plan import (
     checks_due,
     desired_slots,
@@ -85,5 +87,6 @@ __all__ = [
     "desired_traffic",
     "gates_due",
     "invalid_spec_status",
+    "read_back",
     "stage_checks",
 ]

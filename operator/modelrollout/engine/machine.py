@@ -101,6 +101,54 @@ def decide(
     return _finish(t)
 
 
+def read_back(
+    spec: ModelRolloutSpec,
+    decision: Decision,
+    obs: Observation,
+    now: datetime,
+    *,
+    history_limit: int = audit.DEFAULT_LIMIT,
+) -> Decision:
+    """``decision`` once the route its tick wrote has been read back (``obs.route``, the tick's
+    observation otherwise). Exactly what the next look would decide at ``now``, without it:
+
+    - a promotion's Ready turns True in its own status write (the route is read back before
+      the status is written), not in a write of its own a look later (900 status writes in a
+      round of 1,000 rollouts, docs/performance.md);
+    - the next look is the next thing the tick waits for (stage end, analysis, ...), not a
+      look a second later to read the route back (a quarter of all reconciles).
+
+    Only the Succeeded phase's conditions depend on the route; nothing that a tick decides
+    otherwise does (stage clocks start when the candidate is ready). A route that does not
+    agree, or a decision that waits for nothing of the route, is returned as it was. The
+    actions are kept: they are carried out already."""
+    st = decision.status
+    succeeded = st.phase is Phase.SUCCEEDED
+    if decision.requeue_reason is not Wake.CONVERGE and not succeeded:
+        return decision
+    if not route_agrees(obs.route, desired_traffic(st)):
+        return decision
+    t = Tick(
+        spec=spec,
+        obs=obs,
+        now=utc(now),
+        before=st,
+        status=working_copy(st) if succeeded else st,
+        history_limit=history_limit,
+    )
+    t.wakes = list(decision.wakes)
+    if succeeded:
+        conditions.refresh(t)
+    requeue_after, requeue_reason = _requeue(t)
+    return Decision(
+        status=t.status,
+        actions=decision.actions,
+        requeue_after=requeue_after,
+        requeue_reason=requeue_reason,
+        wakes=tuple(t.wakes),
+    )
+
+
 def invalid_spec_status(
     status: ModelRolloutStatus,
     problems: list[str],
@@ -496,7 +544,11 @@ def _finish(t: Tick) -> Decision:
     conditions.refresh(t)
     requeue_after, requeue_reason = _requeue(t)
     return Decision(
-        status=st, actions=actions, requeue_after=requeue_after, requeue_reason=requeue_reason
+        status=st,
+        actions=actions,
+        requeue_after=requeue_after,
+        requeue_reason=requeue_reason,
+        wakes=tuple(t.wakes),
     )
 
 

@@ -7,7 +7,7 @@ Nothing here does I/O. The reconciler gathers an Observation, calls
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
@@ -172,3 +172,6 @@ class Decision:
     # When the engine next needs to look (stage end, next analysis, deadline); None = on change.
     requeue_after: timedelta | None = None
     requeue_reason: Wake | None = None
+    # What else the tick was waiting for (stage end, analysis, deadline...), so that
+    # engine.read_back can tell the next look once the route needs none (timestamps, small).
+    wakes: tuple[tuple[datetime, Wake], ...] = ()

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from engine_world import T0, V1, V2, World, at, dump, make_spec, observe, restart, rolling, step
+import pytest
+from engine_world import (
+    ERROR_RATE,
+    T0,
+    V1,
+    V2,
+    World,
+    at,
+    dump,
+    make_spec,
+    observe,
+    restart,
+    rolling,
+    route,
+    step,
+)
 
 from modelrollout import engine
 from modelrollout.api.models import ModelRolloutSpec, ModelRolloutStatus, Phase, Verdict
 from modelrollout.audit import verify
-from modelrollout.engine.types import Action, EnsureSlot, ScaleSlot, SetTraffic
+from modelrollout.engine.types import Action, EnsureSlot, ScaleSlot, SetTraffic, Wake
 
 STAGE_ORDER = ["shadow", "canary-5", "canary-25", "full"]
 MAX_TICKS = 2000
@@ -222,3 +238,88 @@ def test_decide_leaves_its_input_alone_while_sharing_sealed_entries() -> None:
         assert verify(decision.status.history) == []
         status, seconds = decision.status, seconds + 400
     assert len(status.history) >= 2
+
+
+@pytest.mark.parametrize("interval", ["1m", "15m"], ids=["analysis-first", "stage-end-first"])
+@pytest.mark.parametrize("verdict_at", [None, "canary-25"], ids=["promoted", "rolled-back"])
+def test_a_route_read_back_decides_what_the_next_look_would(
+    verdict_at: str | None, interval: str
+) -> None:
+    """After every route write of a whole rollout, read_back (the route as written) gives the
+    status and the next look that a tick at the same moment would decide: a promotion's Ready
+    in its own status write, and no look a second later just to read the route back."""
+    world = World()
+    status = initialized(world)
+    spec = make_spec("2.0.0", analysis={"interval": interval, "metrics": [ERROR_RATE]})
+    read_backs = 0
+    for _ in range(MAX_TICKS):
+        stage = status.stage.name if status.stage else None
+        verdict = (
+            Verdict.FAILED if verdict_at is not None and stage == verdict_at else Verdict.SUCCESSFUL
+        )
+        obs = world.observation(spec, status, verdict)
+        decision = engine.decide(spec, status, obs, world.now)
+        world.apply(decision.actions)
+        if any(isinstance(a, SetTraffic) for a in decision.actions):
+            read = engine.read_back(spec, decision, replace(obs, route=world.route), world.now)
+            assert read.requeue_reason is not Wake.CONVERGE  # the write took: nothing to re-read
+            if read is not decision:
+                read_backs += 1
+                next_look = engine.decide(
+                    spec, decision.status, world.observation(spec, decision.status), world.now
+                )
+                assert dump(read.status) == dump(next_look.status)
+                assert (read.requeue_after, read.requeue_reason) == (
+                    next_look.requeue_after,
+                    next_look.requeue_reason,
+                )
+                assert read.actions == decision.actions
+            decision = read
+        status = decision.status
+        if decision.requeue_after is None:
+            break
+        world.now += decision.requeue_after
+    else:
+        raise AssertionError("never settled")
+    assert status.phase is (Phase.SUCCEEDED if verdict_at is None else Phase.ROLLED_BACK)
+    assert read_backs >= 3  # shadow, the canaries, full, and the promotion or rollback
+    if verdict_at is None:
+        ready = next(c for c in status.conditions if c.type == "Ready")
+        assert (ready.status, ready.reason) == ("True", "Succeeded")
+
+
+def test_a_promotions_read_back_leaves_the_decision_itself_unedited() -> None:
+    world = World()
+    status = initialized(world)
+    spec = make_spec("2.0.0")
+    for _ in range(MAX_TICKS):
+        obs = world.observation(spec, status)
+        decision = engine.decide(spec, status, obs, world.now)
+        world.apply(decision.actions)
+        if decision.status.phase is Phase.SUCCEEDED:
+            break
+        status = decision.status
+        world.now += decision.requeue_after or timedelta(seconds=30)
+    else:
+        raise AssertionError("never promoted")
+    ready = next(c for c in decision.status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "RouteConverging")  # as decided, unread
+    before = dump(decision.status)
+    read = engine.read_back(spec, decision, replace(obs, route=world.route), world.now)
+    assert dump(decision.status) == before != dump(read.status)
+
+
+def test_read_back_leaves_any_other_decision_as_it_was() -> None:
+    world = World()
+    status = initialized(world)
+    spec = make_spec("2.0.0")
+    # Progressing: the route matters to the next stage's clock, so it is the next tick's.
+    obs = world.observation(spec, status)
+    decision = engine.decide(spec, status, obs, world.now)
+    assert decision.status.phase is Phase.PROGRESSING
+    assert engine.read_back(spec, decision, obs, world.now) is decision
+    # Succeeded, but the route read back does not serve it (someone else rewrote it).
+    settled = settle(world, spec, decision.status)
+    promoted = engine.decide(spec, settled, world.observation(spec, settled), world.now)
+    stray = replace(world.observation(spec, settled), route=route(50))
+    assert engine.read_back(spec, promoted, stray, world.now) is promoted
