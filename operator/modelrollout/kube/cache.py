@@ -25,6 +25,8 @@ import functools
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -229,6 +231,9 @@ class ObjectCache:
         # (kind, namespace, route name) -> the rollouts whose traffic that route carries
         self._route_followers: dict[tuple[Kind, str, str], frozenset[str]] = {}
         self._followed_kinds: set[Kind] = set()
+        # Routes the operator is writing right now: their events wait for the write's answer.
+        self._writing: dict[tuple[Kind, str, str], _InFlight] = {}
+        self._writing_lock = threading.Lock()
         kinds = [DEPLOYMENTS, SERVICES, *routes]
         self._stores: dict[Kind, dict[Key, Obj]] = {kind: {} for kind in kinds}
         self._locks: dict[Kind, threading.Lock] = {kind: threading.Lock() for kind in kinds}
@@ -306,8 +311,8 @@ class ObjectCache:
         """A route changed: wake the rollouts it carries, unless it is the version the
         operator wrote itself (:meth:`offer` stored it already) or only its status changed."""
         meta = (after or before or {}).get("metadata") or {}
-        namespace = str(meta.get("namespace") or "")
-        followers = self._route_followers.get((kind, namespace, str(meta.get("name") or "")))
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        followers = self._route_followers.get((kind, namespace, name))
         if not followers or self.on_route_change is None:
             return
         if (
@@ -316,8 +321,53 @@ class ObjectCache:
             and (_version(before) == _version(after) or before.get("spec") == after.get("spec"))
         ):
             return
-        for rollout in followers:
-            self.on_route_change(namespace, rollout)
+        with self._writing_lock:
+            in_flight = self._writing.get((kind, namespace, name))
+            if in_flight is not None:
+                # Most likely our own write, seen before its answer came back: the answer's
+                # resourceVersion tells (:meth:`own_write`).
+                in_flight.seen.add(str(_version(after or before or {})))
+                return
+        self._wake_followers(kind, namespace, name)
+
+    def _wake_followers(self, kind: Kind, namespace: str, name: str) -> None:
+        on_change = self.on_route_change
+        for rollout in self._route_followers.get((kind, namespace, name), frozenset()):
+            if on_change is not None:
+                on_change(namespace, rollout)
+
+    @contextmanager
+    def own_write(self, kind: Kind, namespace: str, name: str) -> Iterator[Callable[[Obj], None]]:
+        """Around the operator's own write of a route: ``with cache.own_write(...) as answer:
+        answer(patch_response)``. The watch often brings the write's event before the PATCH
+        returns; then it cannot be told from someone else's edit by the object it replaces, and
+        woke the rollout for nothing (nearly once per route write under load). Events of the
+        route while the write is in flight wait; when it ends, the rollouts are woken only if
+        one of them was not a version the operator wrote. The answer goes into the cache
+        (:meth:`offer`)."""
+        key = (kind, namespace, name)
+        with self._writing_lock:
+            in_flight = self._writing.get(key)
+            if in_flight is None:
+                in_flight = self._writing[key] = _InFlight()
+            in_flight.writers += 1
+
+        def answer(obj: Obj) -> None:
+            with self._writing_lock:
+                in_flight.ours.add(str(_version(obj)))
+            self.offer(kind, obj)
+
+        try:
+            yield answer
+        finally:
+            with self._writing_lock:
+                in_flight.writers -= 1
+                done = in_flight.writers == 0
+                if done:
+                    del self._writing[key]
+                others = done and bool(in_flight.seen - in_flight.ours)
+            if others:
+                self._wake_followers(kind, namespace, name)
 
     def watches_everything(self) -> bool:
         """Whether a change of any object a settled rollout depends on (its Deployments, its
@@ -362,6 +412,15 @@ class ObjectCache:
 
     def __len__(self) -> int:
         return sum(len(store) for store in self._stores.values())
+
+
+@dataclass
+class _InFlight:
+    """The operator's writes of one route under way, and the versions the watch brought."""
+
+    writers: int = 0
+    seen: set[str] = field(default_factory=set)
+    ours: set[str] = field(default_factory=set)
 
 
 def _version(obj: Obj) -> Any:

@@ -226,10 +226,16 @@ class CustomObjectRouter:
                 patch = compute_patch(self.editor, body, desired)
                 if patch is None:
                     return False
-                written = await self._write(patch)
-                if self._cache is not None and isinstance(written, dict):
-                    # the next tick reads back what was written, however late the watch is
-                    self._cache.offer(self._kind, written)
+                if self._cache is None:
+                    written = await self._write(patch)
+                else:
+                    # The next tick reads back what was written, however late the watch is,
+                    # and the write's own watch event wakes nobody.
+                    ref = self.ref
+                    with self._cache.own_write(self._kind, ref.namespace, ref.name) as answer:
+                        written = await self._write(patch)
+                        if isinstance(written, dict):
+                            answer(written)
                 log.info(
                     "route updated",
                     object=str(self.ref),

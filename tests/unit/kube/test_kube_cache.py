@@ -308,6 +308,52 @@ def test_someone_elses_change_of_a_route_wakes_the_rollouts_it_carries_and_ours_
     assert deliver(version("7", {"m-a": 80, "m-b": 20})) == [("ns", "n")]
 
 
+def test_our_own_route_write_seen_before_its_answer_wakes_no_one_an_edit_meanwhile_does() -> None:
+    """Under load the watch often brings the operator's own write before the PATCH returns;
+    then it replaces an older version and looked like an edit (a wake-up per route write)."""
+    cache = ObjectCache(k8s.ApiClient(), ["ns"], routes=[HTTPROUTES])
+    woken: list[tuple[str, str]] = []
+    cache.on_route_change = lambda ns, name: woken.append((ns, name))
+    [routes] = cache._watches[HTTPROUTES]
+    fake = FakeList([])
+    routes._list = fake
+    cache.follow_route(HTTPROUTES, "ns", "route", "m")
+
+    def version(rv: str, weights: dict[str, int]) -> dict[str, Any]:
+        return {**route(weights), "metadata": {**obj("route")["metadata"], "resourceVersion": rv}}
+
+    def deliver(body: dict[str, Any]) -> None:
+        fake.streams.append([{"type": "MODIFIED", "object": body}])
+        routes._watch("1")
+
+    deliver(version("2", {"m-a": 100}))
+    woken.clear()
+    # Our write: its event arrives first, then the answer with the same version.
+    with cache.own_write(HTTPROUTES, "ns", "route") as answer:
+        deliver(version("3", {"m-a": 90, "m-b": 10}))
+        assert woken == []  # not yet told
+        answer(version("3", {"m-a": 90, "m-b": 10}))
+    assert woken == []
+    assert cache._stores[HTTPROUTES][("ns", "route")]["metadata"]["resourceVersion"] == "3"
+    # Someone else's edit lands while our next write is in flight: woken once it is over.
+    with cache.own_write(HTTPROUTES, "ns", "route") as answer:
+        deliver(version("4", {"m-a": 50, "x": 50}))
+        deliver(version("5", {"m-a": 75, "m-b": 25}))
+        answer(version("5", {"m-a": 75, "m-b": 25}))
+        assert woken == []
+    assert woken == [("ns", "m")]
+    # A write that fails made no event of its own: whatever came meanwhile was someone else's.
+    woken.clear()
+    with pytest.raises(RuntimeError), cache.own_write(HTTPROUTES, "ns", "route"):
+        deliver(version("6", {"m-a": 100}))
+        raise RuntimeError("409 Conflict")
+    assert woken == [("ns", "m")]
+    # Nothing in flight any more: an edit wakes at once, as before.
+    woken.clear()
+    deliver(version("7", {"m-a": 60, "x": 40}))
+    assert woken == [("ns", "m")] and not cache._writing
+
+
 def test_a_settled_rollout_may_rest_only_while_every_watch_it_depends_on_is_live() -> None:
     cache = live_cache()
     cache.on_workload_change = lambda ns, name: None
