@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import json
 import logging
 import os
 import random
 import sys
+import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 import kopf
+import orjson
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -47,6 +51,29 @@ class EssenceWithoutStatus(kopf.AnnotationsDiffBaseStorage):
             k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
         }
         return super().build(body=kopf.Body(light))
+
+
+KOPF_API_MODULE = "kopf._cogs.clients.api"
+"""Where kopf decodes each line of a watch stream (``json.loads``), as of kopf 1.45."""
+
+
+def decode_watch_events_with_orjson(module_name: str = KOPF_API_MODULE) -> bool:
+    """Let kopf decode its watch streams with orjson: the same objects from the same text, 2.4
+    times faster. kopf decodes every ModelRollout event with the standard library's json, each
+    a whole body with its audit trail (9% of the operator's CPU at 1,000 rollouts,
+    docs/performance.md), and has no setting for it, so the ``json`` name of its API module
+    is given a copy of the json module whose ``loads`` is orjson's (orjson's decode error is a
+    ``json.JSONDecodeError``). A kopf that no longer decodes there keeps its own: False."""
+    module: Any = importlib.import_module(module_name)
+    current = getattr(module, "json", None)
+    if getattr(current, "loads", None) is orjson.loads:
+        return True  # done already
+    if current is not json:
+        return False
+    fast = types.SimpleNamespace(**vars(json))
+    fast.loads = orjson.loads
+    module.json = fast
+    return True
 
 
 async def retry_unserved_paths(
@@ -276,6 +303,8 @@ def run(args: argparse.Namespace) -> None:
             observability.start_metrics_server(args.metrics_port, args.metrics_host)
 
     assert handlers  # registrations happen at import
+    if not decode_watch_events_with_orjson():
+        log.warning("kopf's watch decoding was not found where expected; it keeps its own")
 
     async def operate() -> None:
         # The reconciler's Kubernetes calls run in asyncio's default executor (to_thread), whose
