@@ -222,7 +222,13 @@ class CustomObjectRouter:
     async def apply(self, desired: DesiredRoutes) -> bool:
         async for attempt in self._retrying():
             with attempt:
-                body = await self.read()
+                # The first attempt patches the cached version: the patch's resourceVersion
+                # test makes the apiserver refuse it if that is stale (someone wrote since),
+                # and the retry reads afresh. A GET per route write saved (a fifth of the
+                # worker threads' calls at 1,000 rollouts, and a round trip before the write).
+                body = self._cached() if attempt.retry_state.attempt_number == 1 else None
+                if body is None:
+                    body = await self.read()
                 patch = compute_patch(self.editor, body, desired)
                 if patch is None:
                     return False
@@ -248,16 +254,19 @@ class CustomObjectRouter:
                 return True
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
+    def _cached(self) -> Body | None:
+        if self._cache is None:
+            return None
+        return self._cache.get(self._kind, self.ref.namespace, self.ref.name)
+
     async def observe(self) -> RouteState:
         """What the object routes now: from the watch cache when it has the object (a change
-        shows a tick later at worst), else read. :meth:`apply` always reads afresh."""
-        cached = None
-        if self._cache is not None:
-            if self._rollout is not None:  # a change of the route by someone else wakes it
-                self._cache.follow_route(
-                    self._kind, self.ref.namespace, self.ref.name, self._rollout
-                )
-            cached = self._cache.get(self._kind, self.ref.namespace, self.ref.name)
+        shows a tick later at worst), else read. :meth:`apply` patches the cached version
+        too, guarded by its resourceVersion; :meth:`verify` always reads afresh."""
+        if self._cache is not None and self._rollout is not None:
+            # a change of the route by someone else wakes the rollout
+            self._cache.follow_route(self._kind, self.ref.namespace, self.ref.name, self._rollout)
+        cached = self._cached()
         return self.editor.parse(cached if cached is not None else await self.read())
 
     async def verify(self, desired: DesiredRoutes) -> bool:

@@ -3,8 +3,10 @@ fields untouched, idempotence, conflicts and errors."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Callable, Iterator
 
 import jsonpatch
 import pytest
@@ -324,6 +326,75 @@ async def test_concurrent_edit_fails_the_resource_version_test_and_is_kept(httpr
     assert obj["spec"]["rules"][2]["backendRefs"][0]["weight"] == 7
     assert obj["spec"]["hostnames"][-1] == "fraud.eu.example.com"
     assert managed_rule(obj)["filters"][-1] == our_mirror(B)
+
+
+class RouteCache:
+    """The part of the watch cache a router uses: the route as last seen, and the answers of
+    its own writes taken over."""
+
+    def __init__(self, body: Body | None) -> None:
+        self.body = copy.deepcopy(body)
+        self.answers: list[Body] = []
+
+    def get(self, kind: object, namespace: str, name: str) -> Body | None:
+        return self.body
+
+    def follow_route(self, *args: object) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def own_write(self, *args: object) -> Iterator[Callable[[Body], None]]:
+        def answer(obj: Body) -> None:
+            self.answers.append(obj)
+            self.body = obj
+
+        yield answer
+
+
+def cached_router(api: FakeCustomObjects, cache: RouteCache) -> GatewayAPIRouter:
+    r = GatewayAPIRouter(
+        k8s.ApiClient(),
+        NS,
+        ROLLOUT,
+        GatewayAPIRouting(http_route=ROUTE, rule_index=1),
+        port=8080,
+        custom_api=api,
+        cache=cache,  # type: ignore[arg-type]
+    )
+    r.retry_initial_wait = r.retry_max_wait = 0.001
+    return r
+
+
+async def test_a_route_write_patches_the_cached_version_without_reading_it(
+    httproute: Body,
+) -> None:
+    api = FakeCustomObjects(httproute)
+    cache = RouteCache(stored(api))
+    r = cached_router(api, cache)
+    assert await r.apply(DesiredRoutes(A, B, 5, 0)) is True
+    assert api.gets == 0 and len(api.patches) == 1
+    assert managed_rule(stored(api))["backendRefs"] == [ref(A, 95), ref(B, 5)]
+    assert cache.answers == [stored(api)]  # the answer went into the cache
+    # the next stage patches the version the first write left in the cache
+    assert await r.apply(DesiredRoutes(A, B, 25, 0)) is True
+    assert api.gets == 0 and len(api.patches) == 2
+    assert managed_rule(stored(api))["backendRefs"] == [ref(A, 75), ref(B, 25)]
+
+
+async def test_a_stale_cached_route_is_refused_by_its_version_then_read_afresh(
+    httproute: Body,
+) -> None:
+    api = FakeCustomObjects(httproute)
+    cache = RouteCache(stored(api))
+    obj = api.stored(GROUP, PLURAL, NS, ROUTE)
+    obj["spec"]["hostnames"].append("fraud.eu.example.com")  # someone else, not seen yet
+    bump(obj)
+    r = cached_router(api, cache)
+    assert await r.apply(DesiredRoutes(A, B, 5, 0)) is True
+    assert len(api.patches) == 2 and api.gets == 1  # the cached try failed its test op (422)
+    after = stored(api)
+    assert after["spec"]["hostnames"][-1] == "fraud.eu.example.com"
+    assert managed_rule(after)["backendRefs"] == [ref(A, 95), ref(B, 5)]
 
 
 async def test_persistent_conflicts_give_up_after_bounded_retries(httproute: Body) -> None:
