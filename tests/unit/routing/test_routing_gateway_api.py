@@ -269,7 +269,9 @@ def test_desired_routes_outside_the_rollout_are_a_bug(httproute: Body) -> None:
 # --------------------------------------------------------------------------- I/O part
 
 
-def router(api: FakeCustomObjects, rule_index: int = 1) -> GatewayAPIRouter:
+def router(
+    api: FakeCustomObjects, rule_index: int = 1, cache: RouteCache | None = None
+) -> GatewayAPIRouter:
     r = GatewayAPIRouter(
         k8s.ApiClient(),
         NS,
@@ -277,6 +279,7 @@ def router(api: FakeCustomObjects, rule_index: int = 1) -> GatewayAPIRouter:
         GatewayAPIRouting(http_route=ROUTE, rule_index=rule_index),
         port=8080,
         custom_api=api,
+        cache=cache,  # type: ignore[arg-type]
     )
     r.retry_initial_wait = r.retry_max_wait = 0.001
     return r
@@ -351,26 +354,12 @@ class RouteCache:
         yield answer
 
 
-def cached_router(api: FakeCustomObjects, cache: RouteCache) -> GatewayAPIRouter:
-    r = GatewayAPIRouter(
-        k8s.ApiClient(),
-        NS,
-        ROLLOUT,
-        GatewayAPIRouting(http_route=ROUTE, rule_index=1),
-        port=8080,
-        custom_api=api,
-        cache=cache,  # type: ignore[arg-type]
-    )
-    r.retry_initial_wait = r.retry_max_wait = 0.001
-    return r
-
-
 async def test_a_route_write_patches_the_cached_version_without_reading_it(
     httproute: Body,
 ) -> None:
     api = FakeCustomObjects(httproute)
     cache = RouteCache(stored(api))
-    r = cached_router(api, cache)
+    r = router(api, cache=cache)
     assert await r.apply(DesiredRoutes(A, B, 5, 0)) is True
     assert api.gets == 0 and len(api.patches) == 1
     assert managed_rule(stored(api))["backendRefs"] == [ref(A, 95), ref(B, 5)]
@@ -389,7 +378,7 @@ async def test_a_stale_cached_route_is_refused_by_its_version_then_read_afresh(
     obj = api.stored(GROUP, PLURAL, NS, ROUTE)
     obj["spec"]["hostnames"].append("fraud.eu.example.com")  # someone else, not seen yet
     bump(obj)
-    r = cached_router(api, cache)
+    r = router(api, cache=cache)
     assert await r.apply(DesiredRoutes(A, B, 5, 0)) is True
     assert len(api.patches) == 2 and api.gets == 1  # the cached try failed its test op (422)
     after = stored(api)
