@@ -151,6 +151,15 @@ def targets(cfg: Config) -> list[Target]:
         Target("breach to rollback p99", "breach_to_rollback_p99_s", cfg.interval_s + 2.0, "s"),
         Target("operator peak RSS", "operator_rss_mib_peak", 300.0, "MiB"),
         Target("apiserver writes per stage change", "apiserver_writes_per_rollout_stage", 2.0, ""),
+        # The same without the writes a rollout makes once, at its start and end (the
+        # candidate's Deployment and Service, the old stable scaled down): the status write
+        # that records the stage change and the route write.
+        Target(
+            "apiserver writes per stage change, status and route only",
+            "apiserver_status_and_route_writes_per_rollout_stage",
+            2.0,
+            "",
+        ),
     ]
 
 
@@ -714,6 +723,9 @@ class Round:
             "apiserver_writes": written,
             "status_writes_by_cause": status_by_cause,
             "apiserver_writes_per_rollout_stage": per_change(stage_writes),
+            "apiserver_status_and_route_writes_per_rollout_stage": per_change(
+                status_by_cause.get("stage", 0) + written.get("routes", 0)
+            ),
             "apiserver_writes_all_per_rollout_stage": per_change(written["total"]),
             "apiserver_status_writes_per_rollout_stage": per_change(
                 written.get("rollout status", 0)
