@@ -271,29 +271,41 @@ def test_what_changed_while_the_watch_was_down_wakes_its_rollouts_after_the_reli
     assert cache.wakes_on_workload_change() is False
 
 
+class RouteWatch:
+    """A cache following HTTPRoutes whose watch is fed by hand, and the rollouts it woke."""
+
+    def __init__(self) -> None:
+        self.cache = ObjectCache(k8s.ApiClient(), ["ns"], routes=[HTTPROUTES])
+        self.woken: list[tuple[str, str]] = []
+        self.cache.on_route_change = lambda ns, name: self.woken.append((ns, name))
+        [self.routes] = self.cache._watches[HTTPROUTES]
+        self.fake = FakeList([])
+        self.routes._list = self.fake
+
+    def deliver(self, *bodies: dict[str, Any]) -> None:
+        self.fake.streams.append([{"type": "MODIFIED", "object": b} for b in bodies])
+        self.routes._watch("1")
+
+
+def route_version(rv: str, weights: dict[str, int], **extra: Any) -> dict[str, Any]:
+    return {
+        **route(weights),
+        "metadata": {**obj("route")["metadata"], "resourceVersion": rv},
+        **extra,
+    }
+
+
 def test_someone_elses_change_of_a_route_wakes_the_rollouts_it_carries_and_ours_does_not() -> None:
     """A settled rollout is looked at rarely when a change of its route wakes it: a user's
     edit does, the operator's own write (already in the cache from its answer) and a status
     update (the gateway's) do not, nor does a route no rollout follows."""
-    cache = ObjectCache(k8s.ApiClient(), ["ns"], routes=[HTTPROUTES])
-    woken: list[tuple[str, str]] = []
-    cache.on_route_change = lambda ns, name: woken.append((ns, name))
-    [routes] = cache._watches[HTTPROUTES]
-    fake = FakeList([])
-    routes._list = fake
-
-    def version(rv: str, weights: dict[str, int], **extra: Any) -> dict[str, Any]:
-        return {
-            **route(weights),
-            "metadata": {**obj("route")["metadata"], "resourceVersion": rv},
-            **extra,
-        }
+    watch = RouteWatch()
+    cache, version = watch.cache, route_version
 
     def deliver(*bodies: dict[str, Any]) -> list[tuple[str, str]]:
-        woken.clear()
-        fake.streams.append([{"type": "MODIFIED", "object": b} for b in bodies])
-        routes._watch("1")
-        return list(woken)
+        watch.woken.clear()
+        watch.deliver(*bodies)
+        return list(watch.woken)
 
     assert deliver(version("2", {"m-a": 100})) == []  # followed by no one yet
     cache.follow_route(HTTPROUTES, "ns", "route", "m")
@@ -311,20 +323,9 @@ def test_someone_elses_change_of_a_route_wakes_the_rollouts_it_carries_and_ours_
 def test_our_own_route_write_seen_before_its_answer_wakes_no_one_an_edit_meanwhile_does() -> None:
     """Under load the watch often brings the operator's own write before the PATCH returns;
     then it replaces an older version and looked like an edit (a wake-up per route write)."""
-    cache = ObjectCache(k8s.ApiClient(), ["ns"], routes=[HTTPROUTES])
-    woken: list[tuple[str, str]] = []
-    cache.on_route_change = lambda ns, name: woken.append((ns, name))
-    [routes] = cache._watches[HTTPROUTES]
-    fake = FakeList([])
-    routes._list = fake
+    watch = RouteWatch()
+    cache, woken, deliver, version = watch.cache, watch.woken, watch.deliver, route_version
     cache.follow_route(HTTPROUTES, "ns", "route", "m")
-
-    def version(rv: str, weights: dict[str, int]) -> dict[str, Any]:
-        return {**route(weights), "metadata": {**obj("route")["metadata"], "resourceVersion": rv}}
-
-    def deliver(body: dict[str, Any]) -> None:
-        fake.streams.append([{"type": "MODIFIED", "object": body}])
-        routes._watch("1")
 
     deliver(version("2", {"m-a": 100}))
     woken.clear()
