@@ -40,6 +40,9 @@ def test_a_small_benchmark_round_produces_every_figure(crd: Lab, tmp_path: Path)
     # Every stage change writes the status; the promotions and the rollback write routes.
     assert writes["rollout status"] >= result["stage_changes"] > 0, writes
     assert writes["routes"] >= 4 * 4, writes
+    # One status write records each stage change; the Deployment and Service writes come on top.
+    status_and_route = result["apiserver_status_and_route_writes_per_rollout_stage"]
+    assert 1.0 < status_and_route < result["apiserver_writes_per_rollout_stage"], result
     assert result["prometheus_queries"] > 0
     assert 0 < result["prometheus_queries_per_rollout_interval"] <= 2
 
@@ -51,6 +54,7 @@ def test_a_small_benchmark_round_produces_every_figure(crd: Lab, tmp_path: Path)
         "breach to rollback p99",
         "operator peak RSS",
         "apiserver writes per stage change",
+        "apiserver writes per stage change, status and route only",
     }
     table = md_path.read_text()
     assert "| 5 |" in table and "Targets (issue 11)" in table
