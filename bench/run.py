@@ -844,7 +844,8 @@ def markdown(cfg: Config, results: Sequence[dict[str, Any]], meta: dict[str, Any
         "",
         "| rollouts | transition lag p50 / p99 (s) | route lag p50 / p99 (s) "
         "| breach → rollback p50 / p99 (s) | peak RSS (MiB) | CPU s per rollout-hour "
-        "| writes per stage change (all writes) | Prometheus queries per rollout-interval "
+        "| writes per stage change: status + route / with Deployments, Services (all writes) "
+        "| Prometheus queries per rollout-interval "
         "| outcome |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -857,14 +858,16 @@ def markdown(cfg: Config, results: Sequence[dict[str, Any]], meta: dict[str, Any
             f"| {_fmt(r['breach_to_rollback_p50_s'])} / {_fmt(r['breach_to_rollback_p99_s'])} "
             f"| {_fmt(r['operator_rss_mib_peak'], 0)} "
             f"| {_fmt(r['operator_cpu_seconds_per_rollout_hour'], 1)} "
-            f"| {_fmt(r['apiserver_writes_per_rollout_stage'])} "
+            f"| {_fmt(r.get('apiserver_status_and_route_writes_per_rollout_stage'))} / "
+            f"{_fmt(r['apiserver_writes_per_rollout_stage'])} "
             f"({_fmt(r.get('apiserver_writes_all_per_rollout_stage'))}) "
             f"| {_fmt(r['prometheus_queries_per_rollout_interval'])} | {outcome} |"
         )
     lines += [
         "",
-        "Writes per stage change: the status write that records it, the route write, and at a "
-        "rollout's start and end the candidate's Deployment and Service. In brackets, all the "
+        "Writes per stage change: the status write that records it and the route write; then "
+        "the same with the candidate's Deployment and Service writes at a rollout's start and "
+        "end. In brackets, all the "
         "operator's writes: also the status writes of analysis runs inside a stage, its Events "
         "and kopf's annotation on each spec change (breakdown in latest.json).",
     ]

@@ -42,3 +42,4 @@ def test_a_figure_the_round_could_not_measure_is_neither_met_nor_missed() -> Non
     text = markdown(Config(), [partial], meta)
     assert "- breach to rollback p99 <= 7s: N=1000: n/a" in text
     assert "- apiserver writes per stage change, status and route only <= 2: N=1000: met" in text
+    assert "| 1.79 / 2.42 (4.00) |" in text
