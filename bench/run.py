@@ -648,8 +648,9 @@ class Round:
         # (reported apart): status writes of analysis runs in mid-stage, Events, and kopf's
         # own annotation on each spec change.
         status_by_cause = recorder.status_writes_between(t0, time.time())
-        stage_writes = status_by_cause.get("stage", 0) + sum(
-            written.get(kind, 0) for kind in ("routes", "deployments", "services")
+        status_and_route_writes = status_by_cause.get("stage", 0) + written.get("routes", 0)
+        stage_writes = status_and_route_writes + sum(
+            written.get(kind, 0) for kind in ("deployments", "services")
         )
 
         def per_change(count: int) -> float | None:
@@ -724,7 +725,7 @@ class Round:
             "status_writes_by_cause": status_by_cause,
             "apiserver_writes_per_rollout_stage": per_change(stage_writes),
             "apiserver_status_and_route_writes_per_rollout_stage": per_change(
-                status_by_cause.get("stage", 0) + written.get("routes", 0)
+                status_and_route_writes
             ),
             "apiserver_writes_all_per_rollout_stage": per_change(written["total"]),
             "apiserver_status_writes_per_rollout_stage": per_change(

@@ -300,58 +300,58 @@ def test_someone_elses_change_of_a_route_wakes_the_rollouts_it_carries_and_ours_
     edit does, the operator's own write (already in the cache from its answer) and a status
     update (the gateway's) do not, nor does a route no rollout follows."""
     watch = RouteWatch()
-    cache, version = watch.cache, route_version
+    cache = watch.cache
 
     def deliver(*bodies: dict[str, Any]) -> list[tuple[str, str]]:
         watch.woken.clear()
         watch.deliver(*bodies)
         return list(watch.woken)
 
-    assert deliver(version("2", {"m-a": 100})) == []  # followed by no one yet
+    assert deliver(route_version("2", {"m-a": 100})) == []  # followed by no one yet
     cache.follow_route(HTTPROUTES, "ns", "route", "m")
     cache.follow_route(HTTPROUTES, "ns", "route", "m")
-    assert deliver(version("3", {"m-a": 50, "x": 50})) == [("ns", "m")]  # someone edited it
-    assert deliver(version("4", {"m-a": 50, "x": 50}, status={"parents": []})) == []
-    cache.offer(HTTPROUTES, version("5", {"m-a": 90, "m-b": 10}))  # our own write
-    assert deliver(version("5", {"m-a": 90, "m-b": 10})) == []
+    assert deliver(route_version("3", {"m-a": 50, "x": 50})) == [("ns", "m")]  # someone edited it
+    assert deliver(route_version("4", {"m-a": 50, "x": 50}, status={"parents": []})) == []
+    cache.offer(HTTPROUTES, route_version("5", {"m-a": 90, "m-b": 10}))  # our own write
+    assert deliver(route_version("5", {"m-a": 90, "m-b": 10})) == []
     cache.follow_route(HTTPROUTES, "ns", "route", "n")  # a second rollout's rule in it
-    assert sorted(deliver(version("6", {"m-a": 100}))) == [("ns", "m"), ("ns", "n")]
+    assert sorted(deliver(route_version("6", {"m-a": 100}))) == [("ns", "m"), ("ns", "n")]
     cache.forget_rollout("ns", "m")
-    assert deliver(version("7", {"m-a": 80, "m-b": 20})) == [("ns", "n")]
+    assert deliver(route_version("7", {"m-a": 80, "m-b": 20})) == [("ns", "n")]
 
 
 def test_our_own_route_write_seen_before_its_answer_wakes_no_one_an_edit_meanwhile_does() -> None:
     """Under load the watch often brings the operator's own write before the PATCH returns;
     then it replaces an older version and looked like an edit (a wake-up per route write)."""
     watch = RouteWatch()
-    cache, woken, deliver, version = watch.cache, watch.woken, watch.deliver, route_version
+    cache, woken, deliver = watch.cache, watch.woken, watch.deliver
     cache.follow_route(HTTPROUTES, "ns", "route", "m")
 
-    deliver(version("2", {"m-a": 100}))
+    deliver(route_version("2", {"m-a": 100}))
     woken.clear()
     # Our write: its event arrives first, then the answer with the same version.
     with cache.own_write(HTTPROUTES, "ns", "route") as answer:
-        deliver(version("3", {"m-a": 90, "m-b": 10}))
+        deliver(route_version("3", {"m-a": 90, "m-b": 10}))
         assert woken == []  # not yet told
-        answer(version("3", {"m-a": 90, "m-b": 10}))
+        answer(route_version("3", {"m-a": 90, "m-b": 10}))
     assert woken == []
     assert cache._stores[HTTPROUTES][("ns", "route")]["metadata"]["resourceVersion"] == "3"
     # Someone else's edit lands while our next write is in flight: woken once it is over.
     with cache.own_write(HTTPROUTES, "ns", "route") as answer:
-        deliver(version("4", {"m-a": 50, "x": 50}))
-        deliver(version("5", {"m-a": 75, "m-b": 25}))
-        answer(version("5", {"m-a": 75, "m-b": 25}))
+        deliver(route_version("4", {"m-a": 50, "x": 50}))
+        deliver(route_version("5", {"m-a": 75, "m-b": 25}))
+        answer(route_version("5", {"m-a": 75, "m-b": 25}))
         assert woken == []
     assert woken == [("ns", "m")]
     # A write that fails made no event of its own: whatever came meanwhile was someone else's.
     woken.clear()
     with pytest.raises(RuntimeError), cache.own_write(HTTPROUTES, "ns", "route"):
-        deliver(version("6", {"m-a": 100}))
+        deliver(route_version("6", {"m-a": 100}))
         raise RuntimeError("409 Conflict")
     assert woken == [("ns", "m")]
     # Nothing in flight any more: an edit wakes at once, as before.
     woken.clear()
-    deliver(version("7", {"m-a": 60, "x": 40}))
+    deliver(route_version("7", {"m-a": 60, "x": 40}))
     assert woken == [("ns", "m")] and not cache._writing
 
 
