@@ -63,7 +63,6 @@ from modelrollout.metrics import analysis as metric_analysis
 from modelrollout.metrics.prometheus import PrometheusProviderFactory
 from modelrollout.routing import make_router
 from modelrollout.routing.base import DesiredRoutes, RoutingError, TrafficRouter
-from modelrollout.routing.replicas import split_replicas
 
 log = structlog.get_logger("modelrollout.reconciler")
 
@@ -112,6 +111,9 @@ class Reconciler:
     _fingerprints: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     # the fingerprint a status write under way replaces, by rollout
     _replaced: dict[tuple[str, str], tuple[Any, ...] | None] = field(default_factory=dict)
+    # (namespace, name) -> resourceVersion of the route when it last served what the status
+    # asked: a later version that does not is someone else's edit (Observation.route_edited).
+    _route_agreed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def _validate(self, body: dict[str, Any], generation: int) -> list[str]:
         """``validation.validate(body)``, computed once per spec generation: it reads only the
@@ -225,6 +227,7 @@ class Reconciler:
             generation=generation,
             slots=slots,
             route=route,
+            route_edited=self._route_edited((namespace, name), route, status),
             analysis=analysis,
             command=parse_command(meta.get("annotations") or {}),
             gates=gates,
@@ -272,16 +275,17 @@ class Reconciler:
         for action in first:
             await self._do(body, spec, decision.status, action, router)
         if router is not None and first and decision.status.phase is Phase.SUCCEEDED:
-            decision = await self._read_back(spec, decision, router, observation, now)
+            decision = await self._read_back(body, spec, decision, router, observation, now)
         await self._write_status(body, before, decision.status)
         for action in rest:
             await self._do(body, spec, decision.status, action, router)
         if router is not None and any(isinstance(a, SetTraffic) for a in rest):
-            decision = await self._read_back(spec, decision, router, observation, now)
+            decision = await self._read_back(body, spec, decision, router, observation, now)
         return decision
 
     async def _read_back(
         self,
+        body: dict[str, Any],
         spec: ModelRolloutSpec,
         decision: Decision,
         router: TrafficRouter,
@@ -295,6 +299,9 @@ class Reconciler:
             route = await router.observe()
         except RoutingError:
             return decision  # the next look finds out and reports it
+        if engine.route_agrees(route, engine.desired_traffic(decision.status)):
+            meta = body["metadata"]
+            self._remember_route((meta["namespace"], meta["name"]), route)
         return engine.read_back(
             spec,
             decision,
@@ -313,29 +320,15 @@ class Reconciler:
     ) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        replica_routing = spec.traffic_routing.replicas is not None
         if isinstance(action, SetTraffic):
-            if router is None:
-                return
-            if replica_routing and action.candidate_weight == 0 and status.phase in _WARMING:
-                # Replica ratio: the candidate's replica count *is* its traffic; while it warms up
-                # it keeps the one pod EnsureSlot gave it (documented: no traffic-free warm-up
-                # without a mesh).
-                return
-            await router.apply(
-                DesiredRoutes(
-                    stable_service=slot_name(name, action.stable_slot),
-                    candidate_service=slot_name(name, action.candidate_slot)
-                    if action.candidate_slot
-                    else None,
-                    candidate_weight=action.candidate_weight,
-                    mirror=action.mirror,
-                )
-            )
+            if router is not None:
+                await router.apply(desired_routes(name, action))
         elif isinstance(action, EnsureSlot):
+            # The router sizes the slot: replica-ratio routing weights traffic by replica counts.
             replicas = action.replicas
-            if replica_routing:
-                replicas = replica_ratio_count(spec, status, action.slot, replicas)
+            if router is not None:
+                traffic = desired_routes(name, engine.desired_traffic(status))
+                replicas = router.replicas(slot_name(name, action.slot), replicas, traffic)
             try:
                 await self.kube.ensure_slot(body, spec, action.slot, action.model, replicas)
             except SlotNotOwned as exc:
@@ -396,6 +389,26 @@ class Reconciler:
                 self._written.clear()  # deleted rollouts' entries: drop them all now and then
             self._written[key] = (str(meta.get("uid") or ""), version)
         return True
+
+    def _route_edited(
+        self, key: tuple[str, str], route: RouteState | None, status: ModelRolloutStatus
+    ) -> bool:
+        """Whether the route changed since it last served what the status asks (remembering
+        its version when it does). After a restart nothing is remembered: a route edited while
+        the operator was down is put back without being reported as someone else's edit."""
+        if route is None or route.version is None:
+            return False
+        if engine.route_agrees(route, engine.desired_traffic(status)):
+            self._remember_route(key, route)
+            return False
+        agreed = self._route_agreed.get(key)
+        return agreed is not None and agreed != route.version
+
+    def _remember_route(self, key: tuple[str, str], route: RouteState) -> None:
+        if route.version is not None:
+            if len(self._route_agreed) >= VALIDATED_MAX:
+                self._route_agreed.clear()  # deleted rollouts' entries: drop them now and then
+            self._route_agreed[key] = route.version
 
     def spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
@@ -482,23 +495,15 @@ class Reconciler:
             self.post_event(body, "Warning", "InvalidSpec", new.message)
 
 
-_WARMING = frozenset({Phase.PROGRESSING, Phase.PAUSED})
-
-
-def replica_ratio_count(
-    spec: ModelRolloutSpec, status: ModelRolloutStatus, slot: Slot, asked: int
-) -> int:
-    """Replicas of ``slot`` under replica-ratio routing, consistent with what the router scales to.
-
-    While a candidate exists the two slots split ``spec.replicas`` by the weight in force
-    (:func:`~modelrollout.routing.replicas.split_replicas`); a warming candidate gets one pod.
-    """
-    if status.phase not in _WARMING or status.candidate is None or asked == 0:
-        return asked
-    stable_n, candidate_n = split_replicas(spec.replicas, status.weights.candidate)
-    if slot == status.stable_slot:
-        return stable_n
-    return max(1, candidate_n)
+def desired_routes(rollout: str, traffic: SetTraffic) -> DesiredRoutes:
+    """The engine's SetTraffic (slots) as the routers' DesiredRoutes (Services)."""
+    candidate = traffic.candidate_slot
+    return DesiredRoutes(
+        stable_service=slot_name(rollout, traffic.stable_slot),
+        candidate_service=slot_name(rollout, candidate) if candidate else None,
+        candidate_weight=traffic.candidate_weight if candidate else 0,
+        mirror=traffic.mirror if candidate else 0,
+    )
 
 
 def _api_message(exc: ApiException) -> str:

@@ -50,6 +50,7 @@ from modelrollout.metrics.templates import BUILTIN_QUERIES, render
 from modelrollout.reconciler import Reconciler, _parse_status
 from modelrollout.routing.base import DesiredRoutes
 from tests.bad_input.cases import CASES, INJECTION, Case, base
+from tests.unit.route_states import serving
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 IDS = [c.id for c in CASES]
@@ -164,7 +165,7 @@ def test_a_forged_stage_restarts_the_rollout_at_stage_0_instead_of_skipping() ->
     obs = Observation(
         generation=1,
         slots=_serving(("a", "0.9.0"), ("b", "1.0.0")),
-        route=RouteState(found=True, stable_weight=100),
+        route=serving(),
     )
     decision = engine.decide(spec, forged, obs, NOW)
     assert decision.status.phase is Phase.PROGRESSING
@@ -227,10 +228,13 @@ class _Cluster:
         return self
 
     async def observe(self) -> RouteState:
-        return RouteState(found=True, stable_weight=100)
+        return serving()
 
     async def apply(self, desired: DesiredRoutes) -> bool:
         return True
+
+    def replicas(self, service: str, asked: int, desired: DesiredRoutes) -> int:
+        return asked
 
 
 async def test_a_pod_template_the_apiserver_refuses_is_an_invalid_spec() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from modelrollout.api.models import ModelRef, ModelRolloutSpec, ModelRolloutStatus, Phase
+from modelrollout.api.models import ModelRef, ModelRolloutStatus, Phase
 from modelrollout.engine.types import Command, CommandVerb, RouteState, Wake
 from modelrollout.kube.cache import older
 from modelrollout.kube.workloads import ANNOTATION_VERSION
@@ -20,10 +20,10 @@ from modelrollout.reconciler import (
     Reconciler,
     StaleStatus,
     parse_command,
-    replica_ratio_count,
     status_patch,
 )
 from modelrollout.routing.base import DesiredRoutes, RoutingError
+from tests.unit.route_states import serving
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -126,6 +126,9 @@ class World:
         )
         return True
 
+    def replicas(self, service: str, asked: int, desired: DesiredRoutes) -> int:
+        return asked
+
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.log]
 
@@ -169,7 +172,7 @@ async def test_entering_the_last_stage_and_promoting_in_one_tick_applies_only_th
 ):
     world = World(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=90, candidate_weight=10),
+        serving(10),
     )
     events: list[tuple[str, str]] = []
     status = progressing_status(0, "canary", 10, NOW - timedelta(minutes=2))
@@ -193,9 +196,8 @@ class ReadBack(World):
     async def apply(self, desired: DesiredRoutes) -> bool:
         await super().apply(desired)
         weight = desired.candidate_weight if desired.candidate_service else 0
-        self.route = self.override or RouteState(
-            found=True, stable_weight=100 - weight, candidate_weight=weight
-        )
+        stable = "a" if desired.stable_service.endswith("-a") else "b"
+        self.route = self.override or serving(weight, stable=stable)
         return True
 
 
@@ -206,7 +208,7 @@ def ready(status: dict[str, Any]) -> dict[str, Any]:
 async def test_a_promotion_reads_its_route_back_and_says_ready_in_its_one_status_write() -> None:
     world = ReadBack(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=0, candidate_weight=100),
+        serving(100),
     )
     status = progressing_status(2, "full", 100, NOW - timedelta(minutes=2))
     decision = await reconciler(world, []).reconcile(body("2", status), NOW)
@@ -226,9 +228,9 @@ async def test_a_promotion_reads_its_route_back_and_says_ready_in_its_one_status
 async def test_a_promotion_whose_route_reads_back_otherwise_is_not_ready_yet() -> None:
     world = ReadBack(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=0, candidate_weight=100),
+        serving(100),
     )
-    world.override = RouteState(found=True, stable_weight=50, candidate_weight=50)
+    world.override = serving(50)
     status = progressing_status(2, "full", 100, NOW - timedelta(minutes=2))
     decision = await reconciler(world, []).reconcile(body("2", status), NOW)
     assert decision is not None and decision.status.phase is Phase.SUCCEEDED
@@ -242,7 +244,7 @@ async def test_a_stage_whose_route_reads_back_as_written_needs_no_look_to_re_rea
     reads_back: bool,
 ) -> None:
     deployments = {"m-a": deployment("1"), "m-b": deployment("2")}
-    start = RouteState(found=True, stable_weight=100, candidate_weight=0)
+    start = serving()
     world = ReadBack(deployments, start) if reads_back else World(deployments, start)
     decision = await reconciler(world, []).reconcile(body("2", settled_v1()), NOW)
     assert decision is not None and ("route", ("m-a", "m-b", 10)) in world.log
@@ -256,7 +258,7 @@ async def test_a_stage_whose_route_reads_back_as_written_needs_no_look_to_re_rea
 async def test_traffic_towards_the_candidate_is_set_after_the_status_commits_the_stage() -> None:
     world = World(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=100, candidate_weight=0),
+        serving(),
     )
     status = settled_v1()
     await reconciler(world, []).reconcile(body("2", status), NOW)
@@ -267,7 +269,7 @@ async def test_traffic_towards_the_candidate_is_set_after_the_status_commits_the
 
 
 async def test_invalid_spec_writes_the_reason_and_touches_nothing_else() -> None:
-    world = World({"m-a": deployment("1")}, RouteState(found=True))
+    world = World({"m-a": deployment("1")}, serving())
     events: list[tuple[str, str]] = []
     bad = body("2")
     bad["spec"]["stages"] = [{"name": "full", "weight": 150}]
@@ -280,7 +282,7 @@ async def test_invalid_spec_writes_the_reason_and_touches_nothing_else() -> None
 
 
 async def test_a_route_that_cannot_be_managed_holds_the_rollout() -> None:
-    world = World({"m-a": deployment("1"), "m-b": deployment("2")}, RouteState(found=True))
+    world = World({"m-a": deployment("1"), "m-b": deployment("2")}, serving())
     world.routing_error = "HTTPRoute ns/m not found"
     status = progressing_status(0, "canary", 10, NOW - timedelta(seconds=10))
     decision = await reconciler(world, []).reconcile(body("2", status), NOW)
@@ -291,7 +293,7 @@ async def test_a_route_that_cannot_be_managed_holds_the_rollout() -> None:
 
 
 async def test_an_unchanged_decision_writes_no_status() -> None:
-    world = World({"m-a": deployment("1")}, RouteState(found=True, stable_weight=100))
+    world = World({"m-a": deployment("1")}, serving())
     status = settled_v1()
     first = await reconciler(world, []).reconcile(body("1", status), NOW)
     assert first is not None
@@ -318,26 +320,31 @@ def test_parse_command(raw: str, expected: Command | None) -> None:
     assert parse_command(annotations) == expected
 
 
-def test_replica_ratio_sizing_matches_the_router_and_warms_the_candidate_with_one_pod() -> None:
-    spec = ModelRolloutSpec.model_validate(
+class Sizing(World):
+    """A router that weights traffic by replica counts: it sizes every slot (``replicas``)."""
+
+    def replicas(self, service: str, asked: int, desired: DesiredRoutes) -> int:
+        self.log.append(("size", (service, asked, desired.candidate_service)))
+        return 7 if service == "m-b" else asked
+
+
+async def test_the_router_sizes_every_slot_the_engine_ensures() -> None:
+    """No routing mode is special-cased in the reconciler: the slots run what the router says
+    (replica ratio: a warming candidate gets one pod), asked with the traffic in force."""
+    world = Sizing({"m-a": deployment("1")}, serving())
+    status = ModelRolloutStatus.model_validate(
         {
-            **spec_body("2", replicas=4),
-            "trafficRouting": {"replicas": {}},
-            "stages": [
-                {"name": "c", "weight": 25, "duration": "1m"},
-                {"name": "full", "weight": 100},
-            ],
+            "phase": "Succeeded",
+            "stable": {"name": "m", "version": "1", "uri": "s3://m/1"},
+            "stableVersion": "1",
+            "stableSlot": "a",
         }
-    )
-    warming = ModelRolloutStatus.model_validate(progressing_status(0, "c", 0, NOW))
-    warming.weights.candidate = 0
-    assert replica_ratio_count(spec, warming, "b", 4) == 1  # candidate: one pod to get ready
-    assert replica_ratio_count(spec, warming, "a", 4) == 4
-    serving = ModelRolloutStatus.model_validate(progressing_status(0, "c", 25, NOW))
-    assert replica_ratio_count(spec, serving, "b", 4) == 1  # 25% of 4
-    assert replica_ratio_count(spec, serving, "a", 4) == 3
-    done = ModelRolloutStatus.model_validate({"phase": "Succeeded"})
-    assert replica_ratio_count(spec, done, "a", 4) == 4
+    ).model_dump(mode="json", by_alias=True)
+    decision = await reconciler(world, []).reconcile(body("2", status), NOW)
+    assert decision is not None and decision.status.phase is Phase.PROGRESSING
+    assert ("size", ("m-b", 1, None)) in world.log  # asked while the candidate gets nothing yet
+    assert ("ensure", ("b", "2", 7)) in world.log  # what the router said, not what was asked
+    assert ("ensure", ("a", "1", 1)) in world.log
 
 
 async def test_a_foreign_slot_object_holds_the_rollout_as_invalid() -> None:
@@ -347,7 +354,7 @@ async def test_a_foreign_slot_object_holds_the_rollout_as_invalid() -> None:
         async def ensure_slot(self, *args: Any) -> bool:
             raise SlotNotOwned("Deployment ns/m-b exists and is not owned by ModelRollout m")
 
-    world = Foreign({"m-a": deployment("1")}, RouteState(found=True, stable_weight=100))
+    world = Foreign({"m-a": deployment("1")}, serving())
     status = settled_v1()
     rec = reconciler(world, [])
     first = await rec.reconcile(body("2", status), NOW)
@@ -379,7 +386,7 @@ async def test_fields_at_their_default_reach_the_stored_status_once() -> None:
     see no weights on a rollout held before its first stage."""
     world = World(  # the candidate is not ready yet: no traffic moves, weights stay 100/0/0
         {"m-a": deployment("1"), "m-b": deployment("2", ready=0)},
-        RouteState(found=True, stable_weight=100, candidate_weight=0),
+        serving(),
     )
     stored = {
         "phase": "Succeeded",
@@ -418,7 +425,7 @@ async def test_a_body_older_than_our_own_status_write_is_not_decided_on_again() 
     refused until the body has caught up."""
     world = Versioned(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=100, candidate_weight=0),
+        serving(),
     )
     status = settled_v1()
     rec = reconciler(world, [])
@@ -443,7 +450,7 @@ async def test_the_spec_is_parsed_again_when_its_generation_changes() -> None:
     so a new version applied mid-rollout is seen on the next tick."""
     world = World(
         {"m-a": deployment("1"), "m-b": deployment("2", ready=0)},
-        RouteState(found=True, stable_weight=100, candidate_weight=0),
+        serving(),
     )
     rec = reconciler(world, [])
     first = await rec.reconcile(body("2", settled_v1()), NOW)
@@ -474,7 +481,7 @@ async def test_waiting_for_the_candidate_polls_rarely_only_while_a_change_would_
     # while their pods started, although every change of a Deployment wakes its rollout.
     world = World(
         {"m-a": deployment("1"), "m-b": deployment("2", ready=0)},
-        RouteState(found=True, stable_weight=100, candidate_weight=0),
+        serving(),
     )
     world.cache = cache  # type: ignore[attr-defined]
     # an analysis interval shorter than the poll does not bring the poll forward
@@ -493,7 +500,7 @@ async def test_a_status_written_by_someone_else_is_told_from_our_own() -> None:
     wipes or edits its status, and not for the watch events of the operator's own writes."""
     world = Versioned(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=100, candidate_weight=0),
+        serving(),
     )
     rec = reconciler(world, [])
     stored = settled_v1()
@@ -530,7 +537,7 @@ async def test_our_last_writes_event_seen_while_the_next_write_is_in_flight_is_o
     the one our last write answered with: ours, not someone else's change."""
     world = Versioned(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=100, candidate_weight=0),
+        serving(),
     )
     rec = reconciler(world, [])
     tick = body("2", settled_v1())

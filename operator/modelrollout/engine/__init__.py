@@ -77,6 +77,7 @@ from modelrollout.engine.plan import (
     desired_slots,
     desired_traffic,
     gates_due,
+    route_agrees,
     stage_checks,
 )
 
@@ -88,5 +89,6 @@ __all__ = [
     "gates_due",
     "invalid_spec_status",
     "read_back",
+    "route_agrees",
     "stage_checks",
 ]

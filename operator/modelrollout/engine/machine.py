@@ -31,12 +31,14 @@ from modelrollout.engine.plan import (
     ROLLING,
     candidate_slot,
     checks_due,
+    describe_traffic,
     desired_slots,
     desired_traffic,
     entry_gate_types,
     gates_due,
     gates_of,
     is_last,
+    misroutes,
     model_ref,
     next_analysis_at,
     next_gate_call_at,
@@ -118,15 +120,16 @@ def read_back(
     - the next look is the next thing the tick waits for (stage end, analysis, ...), not a
       look a second later to read the route back (a quarter of all reconciles).
 
-    Only the Succeeded phase's conditions depend on the route; nothing that a tick decides
-    otherwise does (stage clocks start when the candidate is ready). A route that does not
-    agree, or a decision that waits for nothing of the route, is returned as it was. The
-    actions are kept: they are carried out already."""
+    Only the Succeeded phase's conditions depend on the route (Ready says whether what is
+    read back serves it, agreeing or not); nothing that a tick decides otherwise does (stage
+    clocks start when the candidate is ready). Any other decision whose route does not
+    agree, or that waits for nothing of the route, is returned as it was. The actions are
+    kept: they are carried out already."""
     st = decision.status
     succeeded = st.phase is Phase.SUCCEEDED
     if decision.requeue_reason is not Wake.CONVERGE and not succeeded:
         return decision
-    if not route_agrees(obs.route, desired_traffic(st)):
+    if not succeeded and not route_agrees(obs.route, desired_traffic(st)):
         return decision
     t = Tick(
         spec=spec,
@@ -531,15 +534,18 @@ def _finish(t: Tick) -> Decision:
     if t.hold is not None:
         actions: list[Action] = list(t.signals)
     else:
+        _note_misroute(t)
         actions = _assemble(t) + t.signals
         traffic = desired_traffic(st)
         weight = traffic.candidate_weight if traffic.candidate_slot else 0
         mirror = traffic.mirror if traffic.candidate_slot else 0
+        route = t.obs.route
         st.weights = Weights(
             stable=100 - weight,
             candidate=weight,
             mirror=mirror,
-            actual_candidate=st.weights.actual_candidate,
+            # what the candidate's ready pods serve under replica-ratio routing
+            actual_candidate=route.actual_candidate if route is not None else None,
         )
     conditions.refresh(t)
     requeue_after, requeue_reason = _requeue(t)
@@ -550,6 +556,27 @@ def _finish(t: Tick) -> Decision:
         requeue_reason=requeue_reason,
         wakes=tuple(t.wakes),
     )
+
+
+def _note_misroute(t: Tick) -> None:
+    """A route that sends live traffic elsewhere than the committed state says, while nothing
+    in this tick changes what it should say: someone else changed it (a manifest re-applied
+    as first written, a GitOps sync, a hand edit). :func:`_assemble` puts it back; this
+    records what was found in the audit trail and an Event, once per distinct finding (a
+    controller fighting the operator does not flood either)."""
+    route, wanted = t.obs.route, desired_traffic(t.status)
+    if not t.obs.route_edited or route is None or not route.found or route.pending is not None:
+        return
+    if wanted != desired_traffic(t.before) or not misroutes(route, t.status):
+        return
+    reason = (
+        f"the route was changed by someone else and sent traffic where it should not: "
+        f"{route.message}; restored to {describe_traffic(wanted)}"
+    )
+    last = t.status.history[-1] if t.status.history else None
+    if last is None or last.event != "RouteCorrected" or last.reason != reason:
+        t.record("RouteCorrected", reason, model=t.status.candidate or t.status.stable)
+        t.event("Warning", "RouteCorrected", reason)
 
 
 def _assemble(t: Tick) -> list[Action]:
@@ -564,6 +591,10 @@ def _assemble(t: Tick) -> list[Action]:
     sets = [a for a in effects if isinstance(a, SetTraffic)]
     if (sets and sets[-1] != desired) or (not sets and not route_agrees(obs.route, desired)):
         effects.append(desired)
+    # Traffic goes only to slots that exist: a first version's route is written once its
+    # Deployment does (the route as the user wrote it serves until then), never before it.
+    exists = {slot for slot, state in obs.slots.items() if state.exists}
+    effects = [e for e in effects if not isinstance(e, SetTraffic) or _routes_to(e) <= exists]
 
     live = {e.slot for e in wanted}
     scaled = {a.slot for a in effects if isinstance(a, ScaleSlot)}
@@ -578,6 +609,13 @@ def _assemble(t: Tick) -> list[Action]:
         ):
             effects.append(ScaleSlot(slot, 0))
     return effects
+
+
+def _routes_to(traffic: SetTraffic) -> set[str]:
+    named: set[str] = {traffic.stable_slot}
+    if traffic.candidate_slot is not None and (traffic.candidate_weight or traffic.mirror):
+        named.add(traffic.candidate_slot)
+    return named
 
 
 def _requeue(t: Tick) -> tuple[timedelta | None, Wake | None]:

@@ -198,16 +198,80 @@ def desired_slots(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> list[En
 
 
 def route_agrees(route: RouteState | None, desired: SetTraffic) -> bool:
-    """The route read back serves ``desired`` (an unread route never agrees)."""
-    if route is None or not route.found:
+    """The route read back serves ``desired``, judged by who it points at: every share of live
+    traffic goes to the slot the engine asked for, in the amount asked for, and the mirror
+    copies to the candidate slot. A share to any other Service (the other slot, a Service
+    that is no slot) is a disagreement however the numbers look. An unread route, or one
+    whose parents have not accepted it yet, never agrees."""
+    if route is None or not route.found or route.pending is not None:
         return False
-    weight = desired.candidate_weight if desired.candidate_slot else 0
-    mirror = desired.mirror if desired.candidate_slot else 0
-    return (
-        route.candidate_weight == weight
-        and route.stable_weight == 100 - weight
-        and route.mirror == mirror
+    return _shares(route) == wanted_shares(desired) and _mirror_of(route) == _wanted_mirror(
+        desired
     )
+
+
+def wanted_shares(desired: SetTraffic) -> dict[str, int]:
+    """Percent of live traffic per slot that ``desired`` asks for (zero shares left out)."""
+    weight = desired.candidate_weight if desired.candidate_slot else 0
+    wanted: dict[str, int] = {}
+    for slot, percent in ((desired.stable_slot, 100 - weight), (desired.candidate_slot, weight)):
+        if slot is not None and percent:
+            wanted[slot] = wanted.get(slot, 0) + percent
+    return wanted
+
+
+def _shares(route: RouteState) -> dict[str, int]:
+    """Percent per slot the route sends; a Service that is no slot counts under its own name
+    (``svc:<name>``), so it can never stand in for a slot."""
+    got: dict[str, int] = {}
+    for share in route.shares:
+        if share.percent:
+            key = share.slot if share.slot is not None else f"svc:{share.service}"
+            got[key] = got.get(key, 0) + share.percent
+    return got
+
+
+def misroutes(route: RouteState, status: ModelRolloutStatus) -> bool:
+    """Whether the route sends live traffic (or the mirror) to other pods than ``status``
+    asks for. Unlike :func:`route_agrees`, a role Service counts as the slot it selects, so
+    a route written with ``<name>-stable`` is rewritten to the slots without being reported
+    as a misroute: its traffic reached the right pods."""
+    desired = desired_traffic(status)
+    roles = role_slots(status)
+    effective: dict[str, int] = {}
+    for share in route.shares:
+        slot = share.slot if share.slot is not None else roles.get(share.role or "")
+        if share.percent:
+            key = slot if slot is not None else f"svc:{share.service}"
+            effective[key] = effective.get(key, 0) + share.percent
+    return effective != wanted_shares(desired) or _mirror_of(route) != _wanted_mirror(desired)
+
+
+def describe_traffic(desired: SetTraffic) -> str:
+    """``slot a 95%, slot b 5%, no mirror``: what the engine wants, in slot terms."""
+    shares = wanted_shares(desired)
+    text = ", ".join(f"slot {slot} {percent}%" for slot, percent in shares.items())
+    mirror, target = _wanted_mirror(desired)
+    return text + (f", mirror {mirror}% to slot {target}" if mirror else ", no mirror")
+
+
+def role_slots(status: ModelRolloutStatus) -> dict[str, Slot]:
+    """Which slot each role Service selects: ``stable`` the stable slot; ``canary`` the
+    candidate's slot while a candidate is rolling, the stable slot otherwise (so callers of
+    ``<name>-canary`` are always answered)."""
+    stable = stable_slot(status)
+    rolling = status.phase in ROLLING and status.candidate is not None
+    return {"stable": stable, "canary": candidate_slot(status) if rolling else stable}
+
+
+def _mirror_of(route: RouteState) -> tuple[int, str | None]:
+    return (route.mirror, route.mirror_slot) if route.mirror else (0, None)
+
+
+def _wanted_mirror(desired: SetTraffic) -> tuple[int, str | None]:
+    if desired.candidate_slot is None or not desired.mirror:
+        return (0, None)
+    return (desired.mirror, desired.candidate_slot)
 
 
 # ------------------------------------------------------------------------ readiness

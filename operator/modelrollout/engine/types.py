@@ -69,14 +69,37 @@ class SlotState:
 
 
 @dataclass(frozen=True)
+class RouteShare:
+    """One backend of the managed route: the Service it names, which slot that Service is
+    (None: a Service that is no slot of this rollout, e.g. a role Service written by hand),
+    and its share of live traffic in percent."""
+
+    service: str
+    slot: Slot | None
+    percent: int
+    role: Literal["stable", "canary"] | None = None  # a role Service: the role it stands for
+
+
+@dataclass(frozen=True)
 class RouteState:
-    """What the route object says now (read back by the router)."""
+    """What the route object says now (read back by the router), by identity: which Services
+    get which share of live traffic, and which one the mirror copies to."""
 
     found: bool
-    stable_weight: int = 100
-    candidate_weight: int = 0
+    shares: tuple[RouteShare, ...] = ()
     mirror: int = 0
+    mirror_slot: Slot | None = None
+    # Why what is read back is not yet in force: the route's parents (Gateways) have not
+    # accepted its current generation. None: in force (or nobody reports on it).
+    pending: str | None = None
+    # Replica-ratio routing: the candidate's share of ready pods, in percent (None: none ready).
+    actual_candidate: float | None = None
     message: str = ""
+    version: str | None = None  # the route object's resourceVersion, where it has one
+
+    def percent_to(self, slot: Slot) -> int:
+        """The share of live traffic the route sends to ``slot``'s Service."""
+        return sum(s.percent for s in self.shares if s.slot == slot)
 
 
 class GateResult(StrEnum):
@@ -90,6 +113,9 @@ class Observation:
     generation: int
     slots: dict[Slot, SlotState] = field(default_factory=dict)
     route: RouteState | None = None
+    # The route object changed since it last served what the status asks, and not by a write
+    # of this operator's that is still being read back: someone else edited it.
+    route_edited: bool = False
     # Results of the checks the reconciler ran this tick (see engine.checks_due); None = not run.
     analysis: list[MetricResult] | None = None
     command: Command | None = None

@@ -8,7 +8,7 @@ are never written into the pod template, so promotion (a role switch) restarts n
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 from modelrollout.api.models import API_VERSION, GROUP, KIND, ModelRef, ModelRolloutSpec
 from modelrollout.engine.types import Slot, SlotState
@@ -25,8 +25,31 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "modelrollout-operator"}
 _LABEL_VALUE_MAX = 63
 
 
+Role = Literal["stable", "canary"]
+ROLES: tuple[Role, Role] = ("stable", "canary")
+"""The role Services: ``<name>-stable`` selects the stable slot's pods, ``<name>-canary`` the
+candidate's while there is one (the stable's otherwise). Their names follow roles, not slots,
+so what users write outside the managed rule keeps working across promotions and rollbacks."""
+
+SLOTS: tuple[Slot, Slot] = ("a", "b")
+
+
 def slot_name(rollout: str, slot: Slot) -> str:
     return f"{rollout}-{slot}"
+
+
+def role_service_name(rollout: str, role: str) -> str:
+    return f"{rollout}-{role}"
+
+
+def role_of_service(rollout: str, service: str | None) -> Role | None:
+    """The role a Service name stands for (``<name>-stable`` -> stable), None for any other."""
+    return next((role for role in ROLES if service == role_service_name(rollout, role)), None)
+
+
+def slot_of_service(rollout: str, service: str | None) -> Slot | None:
+    """The slot a Service name is (``<name>-a`` -> a), None for any other name."""
+    return next((slot for slot in SLOTS if service == slot_name(rollout, slot)), None)
 
 
 def label_value(value: str) -> str:

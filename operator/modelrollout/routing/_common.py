@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import jsonpatch
@@ -27,9 +27,15 @@ from tenacity import (
     wait_random,
 )
 
-from modelrollout.engine.types import RouteState
+from modelrollout.engine.types import RouteShare, RouteState
 from modelrollout.kube.cache import ObjectCache
-from modelrollout.kube.workloads import slot_name
+from modelrollout.kube.workloads import (
+    ROLES,
+    role_of_service,
+    role_service_name,
+    slot_name,
+    slot_of_service,
+)
 from modelrollout.routing.base import DesiredRoutes, RouteNotFound, RoutingError
 
 log = structlog.get_logger("modelrollout.routing")
@@ -41,8 +47,15 @@ RESOURCE_VERSION_PATH = "/metadata/resourceVersion"
 
 
 def slot_services(rollout: str) -> tuple[str, str]:
-    """The two Service names a rollout's routes may point at: ``<name>-a`` and ``<name>-b``."""
+    """The two slot Services the operator routes to: ``<name>-a`` and ``<name>-b``."""
     return slot_name(rollout, "a"), slot_name(rollout, "b")
+
+
+def known_services(rollout: str) -> tuple[str, ...]:
+    """The Services a managed rule may name: the two slots, and the role Services
+    (``<name>-stable``, ``<name>-canary``) a route may have been written with; the operator
+    rewrites the latter to the slot they stand for."""
+    return (*slot_services(rollout), *(role_service_name(rollout, r) for r in ROLES))
 
 
 def check_desired_services(desired: DesiredRoutes, rollout: str) -> None:
@@ -266,11 +279,17 @@ class CustomObjectRouter:
         if self._cache is not None and self._rollout is not None:
             # a change of the route by someone else wakes the rollout
             self._cache.follow_route(self._kind, self.ref.namespace, self.ref.name, self._rollout)
-        cached = self._cached()
-        return self.editor.parse(cached if cached is not None else await self.read())
+        body = self._cached()
+        if body is None:
+            body = await self.read()
+        state = self.editor.parse(body)
+        return replace(state, version=(body.get("metadata") or {}).get("resourceVersion"))
 
     async def verify(self, desired: DesiredRoutes) -> bool:
         return compute_patch(self.editor, await self.read(), desired) is None
+
+    def replicas(self, service: str, asked: int, desired: DesiredRoutes) -> int:
+        return asked  # the route weights traffic; every slot runs what the engine asks
 
     async def finalize(self, stable_service: str) -> None:
         try:
@@ -280,43 +299,46 @@ class CustomObjectRouter:
 
 
 def route_state(
-    where: str, weights: dict[str, int], mirror: int, mirror_target: str | None
+    where: str,
+    rollout: str,
+    weights: dict[str, int],
+    mirror: int,
+    mirror_target: str | None,
+    pending: str | None = None,
 ) -> RouteState:
-    """RouteState from the weight per Service (in backend order) and our mirror.
-
-    The operator writes the stable Service first; while mirroring, the mirror target is the
-    candidate whatever the order. Weights are relative, so they are turned into percentages.
-    """
-    names = list(weights)
-    if mirror_target in names and len(names) == 2:
-        names.remove(mirror_target)
-        names.append(mirror_target)
-    stable = names[0] if names else None
-    candidate = names[1] if len(names) > 1 else mirror_target
-    if candidate == stable:
-        candidate = None
+    """RouteState from the weight per Service and our mirror, by identity: each Service with
+    the slot it is, its relative weight turned into a percentage of live traffic."""
     total = sum(weights.values())
 
-    def percent(service: str | None) -> int:
-        return round(100 * weights.get(service or "", 0) / total) if total else 0
+    def percent(service: str) -> int:
+        return round(100 * weights.get(service, 0) / total) if total else 0
 
+    shares = tuple(
+        RouteShare(
+            service,
+            slot_of_service(rollout, service),
+            percent(service),
+            role_of_service(rollout, service),
+        )
+        for service in weights
+    )
+    listed = ", ".join(f"{s.service} {s.percent}%" for s in shares) or "no backends"
+    mirrored = f"mirror {mirror}% to {mirror_target}" if mirror else "no mirror"
     return RouteState(
         found=True,
-        stable_weight=percent(stable),
-        candidate_weight=percent(candidate),
+        shares=shares,
         mirror=mirror,
-        message=(
-            f"{where}: stable {stable or '-'} {percent(stable)}%, "
-            f"candidate {candidate or '-'} {percent(candidate)}%, mirror {mirror}%"
-        ),
+        mirror_slot=slot_of_service(rollout, mirror_target) if mirror_target else None,
+        pending=pending,
+        message=f"{where}: {listed}, {mirrored}" + (f" ({pending})" if pending else ""),
     )
 
 
 def routing_error_foreign(
-    obj: str, where: str, foreign: list[str], ours: tuple[str, str]
+    obj: str, where: str, foreign: list[str], ours: tuple[str, ...]
 ) -> RoutingError:
     return RoutingError(
         f"{obj} {where} sends traffic to {', '.join(foreign)}, which the operator does not manage; "
-        f"it may only point at the rollout's Services {ours[0]} and {ours[1]}. Move the other "
+        f"it may only point at the rollout's Services {', '.join(ours)}. Move the other "
         "backends to a rule of their own, or point this one at the rollout's Services"
     )

@@ -61,3 +61,9 @@ class TrafficRouter(Protocol):
     async def finalize(self, stable_service: str) -> None:
         """On deletion: leave the route pointing 100% at a live backend, mirror removed."""
         ...
+
+    def replicas(self, service: str, asked: int, desired: DesiredRoutes) -> int:
+        """How many replicas slot ``service`` should run (the engine asked for ``asked``) while
+        the route is ``desired``: ``asked`` where traffic is weighted by the route, the split
+        where it is weighted by replica counts."""
+        ...

@@ -13,11 +13,16 @@ The operator manages exactly two things in ``spec.rules[ruleIndex]``:
 
 Every other rule, match, filter (including other filters of the managed rule), hostname,
 parentRef, label and annotation is left exactly as the user wrote it. The managed rule may only
-hold backends that are the rollout's own Services (``<name>-a`` / ``<name>-b``); anything else is
-refused with a RoutingError rather than silently dropped.
+hold backends that are the rollout's own Services (the slots ``<name>-a`` / ``<name>-b``, or the
+role Services ``<name>-stable`` / ``<name>-canary`` a route may be written with, which the
+operator replaces by the slot they stand for); anything else is refused with a RoutingError
+rather than silently dropped. So is a rule without backends (a redirect, say): the operator
+never turns it into one that forwards.
 
-Which of the two is stable is read back from the order of the backendRefs (the operator always
-writes stable first) or, while mirroring, from the mirror target (always the candidate).
+What is read back names each Service with its share, so the engine judges the route by who it
+points at, not by the order of its backends. Where Gateways report on the route
+(``status.parents``), a generation that a parent has not accepted yet is read back as pending:
+written, not yet in force.
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ from kubernetes import client as k8s
 from modelrollout.api.models import GatewayAPIRouting
 from modelrollout.engine.types import RouteState
 from modelrollout.kube.cache import ObjectCache
+from modelrollout.kube.workloads import role_service_name
 from modelrollout.routing._common import (
     Body,
     CustomObjectRouter,
     ObjectRef,
     check_desired_services,
+    known_services,
     route_state,
     routing_error_foreign,
-    slot_services,
 )
 from modelrollout.routing.base import DesiredRoutes, RoutingError
 
@@ -70,6 +76,27 @@ def mirror_percent(filter_: dict[str, Any]) -> int:
     return 100
 
 
+def not_accepted(body: Body) -> str | None:
+    """Why the route's current generation is not in force yet, from ``status.parents``: a
+    parent that reports it not Accepted, or Accepted for an older generation. None when every
+    reporting parent accepted it, or none reports (no controller writes route status)."""
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    for parent in (body.get("status") or {}).get("parents") or []:
+        ref = parent.get("parentRef") or {}
+        who = f"parent {ref.get('kind') or 'Gateway'}/{ref.get('name')}"
+        accepted = next(
+            (c for c in parent.get("conditions") or [] if c.get("type") == "Accepted"), None
+        )
+        if accepted is None:
+            continue
+        seen = int(accepted.get("observedGeneration") or 0)
+        if accepted.get("status") != "True":
+            return f"{who} does not accept it: {accepted.get('reason')}: {accepted.get('message')}"
+        if seen and generation and seen < generation:
+            return f"{who} accepted generation {seen}, not yet {generation}"
+    return None
+
+
 @dataclass(frozen=True)
 class HTTPRouteEditor:
     """The pure part: renders and parses the managed rule of one HTTPRoute."""
@@ -79,10 +106,6 @@ class HTTPRouteEditor:
     route: str
     rule_index: int
     port: int
-
-    @property
-    def ours(self) -> tuple[str, str]:
-        return slot_services(self.rollout)
 
     @property
     def _obj(self) -> str:
@@ -99,12 +122,12 @@ class HTTPRouteEditor:
         return rule
 
     def is_ours(self, ref: dict[str, Any]) -> bool:
-        """A backendRef to one of the rollout's slot Services, in the route's own namespace."""
+        """A backendRef to one of the rollout's Services, in the route's own namespace."""
         return (
             (ref.get("group") or "") == ""
             and (ref.get("kind") or "Service") == "Service"
             and ref.get("namespace") in (None, self.namespace)
-            and ref.get("name") in self.ours
+            and ref.get("name") in known_services(self.rollout)
         )
 
     def is_our_mirror(self, filter_: dict[str, Any]) -> bool:
@@ -114,9 +137,20 @@ class HTTPRouteEditor:
 
     def _backend_refs(self, rule: dict[str, Any]) -> list[dict[str, Any]]:
         refs: list[dict[str, Any]] = rule.get("backendRefs") or []
+        if not refs:
+            kinds = sorted({str(f.get("type")) for f in rule.get("filters") or []})
+            raise RoutingError(
+                f"{self._obj} rule {self.rule_index} has no backendRefs"
+                + (f" (its filters: {', '.join(kinds)})" if kinds else "")
+                + "; the operator only manages a rule that forwards to the model. Point "
+                "spec.trafficRouting.gatewayAPI.ruleIndex at that rule, or give this one a "
+                f"backendRef to {role_service_name(self.rollout, 'stable')}"
+            )
         foreign = [_describe_ref(r) for r in refs if not self.is_ours(r)]
         if foreign:
-            raise routing_error_foreign(self._obj, f"rule {self.rule_index}", foreign, self.ours)
+            raise routing_error_foreign(
+                self._obj, f"rule {self.rule_index}", foreign, known_services(self.rollout)
+            )
         return refs
 
     # ------------------------------------------------------------------ render
@@ -189,7 +223,14 @@ class HTTPRouteEditor:
         mirrors = [f for f in rule.get("filters") or [] if self.is_our_mirror(f)]
         mirror = mirror_percent(mirrors[0]) if mirrors else 0
         mirror_target = mirrors[0]["requestMirror"]["backendRef"]["name"] if mirrors else None
-        return route_state(f"{self._obj} rule {self.rule_index}", weights, mirror, mirror_target)
+        return route_state(
+            f"{self._obj} rule {self.rule_index}",
+            self.rollout,
+            weights,
+            mirror,
+            mirror_target,
+            pending=not_accepted(body),
+        )
 
 
 class GatewayAPIRouter(CustomObjectRouter):

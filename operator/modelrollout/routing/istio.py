@@ -30,14 +30,15 @@ from kubernetes import client as k8s
 from modelrollout.api.models import IstioRouting
 from modelrollout.engine.types import RouteState
 from modelrollout.kube.cache import ObjectCache
+from modelrollout.kube.workloads import role_service_name
 from modelrollout.routing._common import (
     Body,
     CustomObjectRouter,
     ObjectRef,
     check_desired_services,
+    known_services,
     route_state,
     routing_error_foreign,
-    slot_services,
 )
 from modelrollout.routing.base import DesiredRoutes, RoutingError
 
@@ -61,16 +62,12 @@ class VirtualServiceEditor:
     route_name: str | None
 
     @property
-    def ours(self) -> tuple[str, str]:
-        return slot_services(self.rollout)
-
-    @property
     def _obj(self) -> str:
         return f"{KIND} {self.namespace}/{self.virtual_service}"
 
     def service_of(self, host: str) -> str | None:
         """The rollout Service a host names, or None when it names anything else."""
-        for service in self.ours:
+        for service in known_services(self.rollout):
             if host == service:
                 return service
             rest = host.removeprefix(f"{service}.{self.namespace}")
@@ -97,9 +94,20 @@ class VirtualServiceEditor:
 
     def _routes(self, index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
         routes: list[dict[str, Any]] = entry.get("route") or []
+        if not routes:
+            what = ", ".join(k for k in ("redirect", "directResponse", "delegate") if k in entry)
+            raise RoutingError(
+                f"{self._obj} http[{index}] has no route[] destinations"
+                + (f" (it has {what})" if what else "")
+                + "; the operator only manages an entry that forwards to the model. Name that "
+                "entry in spec.trafficRouting.istio.routeName, or give this one a destination "
+                f"{role_service_name(self.rollout, 'stable')}"
+            )
         foreign = [_host(r) or "<no host>" for r in routes if self.service_of(_host(r)) is None]
         if foreign:
-            raise routing_error_foreign(self._obj, f"http[{index}]", foreign, self.ours)
+            raise routing_error_foreign(
+                self._obj, f"http[{index}]", foreign, known_services(self.rollout)
+            )
         return routes
 
     def _our_mirror(self, entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -188,7 +196,8 @@ class VirtualServiceEditor:
             else:
                 mirror = 100
 
-        return route_state(f"{self._obj} http[{index}]", weights, mirror, mirror_target)
+        where = f"{self._obj} http[{index}]"
+        return route_state(where, self.rollout, weights, mirror, mirror_target)
 
 
 class IstioRouter(CustomObjectRouter):

@@ -7,26 +7,32 @@ Deployments (``spec.replicas``). Mirroring is impossible without a proxy: a mirr
 
 The replica rule (:func:`split_replicas`), for ``R = spec.replicas`` and candidate weight ``w``:
 
+- no candidate named: stable R, the other slot left alone (the engine scales a slot it no
+  longer runs to zero; a warming candidate keeps the one pod :meth:`ReplicaRatioRouter.replicas`
+  gives it, which already takes its share of connections: there is no traffic-free warm-up
+  without a mesh);
 - ``w == 0``: stable R, candidate 0; ``w == 100``: stable 0, candidate R;
 - otherwise candidate = ``w%`` of R rounded half *down* (ties favour the stable version), at
   least 1 and at most R; stable = R - candidate, but at least 1 so that both versions keep
   serving. So at most one extra pod runs, and only when R is too small to express ``w``
   (R=1 at 5% -> 1 stable + 1 candidate, i.e. 50%). The weight actually served is reported as
-  :attr:`ReplicaRouteState.actual_candidate` (candidate ready pods / all ready pods, in percent).
+  :attr:`RouteState.actual_candidate` (candidate ready pods / all ready pods, in percent).
 
 Which slot is stable and the weight asked for are recorded as annotations on the shared Service,
 so :meth:`ReplicaRatioRouter.observe` can report them back after an operator restart. Scale-ups
 are written before scale-downs, so the serving capacity never dips during a change.
 
-Integration note: the candidate's pods take traffic as soon as they are ready, so with this
-router the candidate slot must be sized with :func:`split_replicas`, never to R up front.
+The router owns the replica split: the reconciler sizes every slot it ensures with
+:meth:`ReplicaRatioRouter.replicas`, so a candidate is never started at R. The router writes
+only objects its rollout owns (ownerReference): a Service ``<name>`` or a slot Deployment
+that belongs to anyone else is refused with :class:`NotOwned`, naming it, before any write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -36,7 +42,7 @@ from kubernetes.client.exceptions import ApiException
 from modelrollout.api.models import GROUP, ReplicaRatioRouting
 from modelrollout.engine.types import RouteState
 from modelrollout.kube.workloads import LABEL_ROLLOUT, MANAGED_BY, owner_reference
-from modelrollout.routing._common import check_desired_services, slot_services
+from modelrollout.routing._common import check_desired_services, route_state, slot_services
 from modelrollout.routing.base import DesiredRoutes, RoutingError
 
 log = structlog.get_logger("modelrollout.routing")
@@ -68,11 +74,21 @@ def split_replicas(total: int, weight: int) -> tuple[int, int]:
     return max(total - candidate, 1), candidate
 
 
-@dataclass(frozen=True)
-class ReplicaRouteState(RouteState):
-    """RouteState plus the share of ready pods running the candidate (percent; None: none ready)."""
+class NotOwned(RoutingError):
+    """An object the router would write belongs to someone else."""
 
-    actual_candidate: float | None = None
+
+def check_owner(obj: Body, owner: Body | None, what: str) -> None:
+    """Refuse ``obj`` unless ``owner`` (the ModelRollout, or its ownerReference) owns it."""
+    if owner is None:
+        return
+    uid = (owner.get("metadata") or {}).get("uid") if "metadata" in owner else owner.get("uid")
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    if uid and not any(r.get("uid") == uid for r in refs):
+        raise NotOwned(
+            f"{what} exists and is not owned by this ModelRollout; replica-ratio routing would "
+            "scale or rewrite it. Rename the rollout, or delete or rename that object"
+        )
 
 
 # ---------------------------------------------------------------------- pure part
@@ -154,6 +170,15 @@ class ReplicaPlanner:
             "spec": {"selector": self.selector, "ports": self._ports()},
         }
 
+    def check_owned(self, snapshot: Snapshot) -> None:
+        """Every object of the snapshot that exists must be this rollout's."""
+        where = self.namespace
+        if snapshot.service is not None:
+            check_owner(snapshot.service, self.owner, f"Service {where}/{self.service_name}")
+        for name, deployment in snapshot.deployments.items():
+            if deployment is not None:
+                check_owner(deployment, self.owner, f"Deployment {where}/{name}")
+
     def check_service(self, service: Body) -> None:
         selector = (service.get("spec") or {}).get("selector")
         if selector != self.selector:
@@ -164,20 +189,25 @@ class ReplicaPlanner:
             )
 
     def targets(self, desired: DesiredRoutes) -> dict[str, int]:
-        """Replicas per slot Deployment; with no candidate the other slot is scaled to 0 so that
-        all traffic goes to the stable version."""
+        """Replicas per slot Deployment the route names; with no candidate only the stable one
+        (the other slot is the engine's to scale down, or a warming candidate's)."""
         if desired.mirror:
             raise RoutingError(
                 f"replica-ratio routing cannot mirror traffic (mirror {desired.mirror}% asked): "
                 "shadow stages need gatewayAPI or istio routing"
             )
         check_desired_services(desired, self.rollout)
-        a, b = slot_services(self.rollout)
-        other = b if desired.stable_service == a else a
         if desired.candidate_service is None:
-            return {desired.stable_service: self.replicas, other: 0}
+            return {desired.stable_service: self.replicas}
         stable, candidate = split_replicas(self.replicas, desired.candidate_weight)
-        return {desired.stable_service: stable, other: candidate}
+        return {desired.stable_service: stable, desired.candidate_service: candidate}
+
+    def replicas_for(self, service: str, asked: int, desired: DesiredRoutes) -> int:
+        """How many replicas slot ``service`` runs while the route is ``desired``: its share of
+        the split; a slot the route does not name yet (a warming candidate) one pod."""
+        if asked == 0:
+            return 0
+        return self.targets(desired).get(service, 1)
 
     @staticmethod
     def annotations(desired: DesiredRoutes) -> dict[str, str | None]:
@@ -188,6 +218,7 @@ class ReplicaPlanner:
         }
 
     def plan(self, snapshot: Snapshot, desired: DesiredRoutes) -> Plan:
+        self.check_owned(snapshot)
         targets = self.targets(desired)
         for name, replicas in targets.items():
             if snapshot.deployments.get(name) is None and (
@@ -226,53 +257,50 @@ class ReplicaPlanner:
             patch["spec"] = {"ports": self._ports()}
         return Plan(service_patch=patch or None, scale=scale)
 
-    def parse(self, snapshot: Snapshot) -> ReplicaRouteState:
+    def parse(self, snapshot: Snapshot) -> RouteState:
+        """The split by identity: each named slot's share. The recorded weight stands while the
+        named slots' replica counts are what the router would set for it (``split_replicas``
+        cannot express every weight); counts scaled by anyone else give the shares they serve."""
         name = f"Service {self.namespace}/{self.service_name}"
         if snapshot.service is None:
-            return ReplicaRouteState(
+            return RouteState(
                 found=False,
                 message=f"{name} does not exist yet; the first traffic change creates it",
             )
+        self.check_owned(snapshot)
         self.check_service(snapshot.service)
         annotations = (snapshot.service.get("metadata") or {}).get("annotations") or {}
         stable = annotations.get(ANNOTATION_STABLE)
         if stable not in slot_services(self.rollout):
-            return ReplicaRouteState(
-                found=False, message=f"{name} does not record a stable slot yet"
-            )
+            return RouteState(found=False, message=f"{name} does not record a stable slot yet")
         candidate = annotations.get(ANNOTATION_CANDIDATE) or None
-        a, b = slot_services(self.rollout)
-        other = b if stable == a else a
-        stable_dep = snapshot.deployments.get(stable)
-        other_dep = snapshot.deployments.get(other)
-        spec_stable = _replicas(stable_dep) if stable_dep is not None else 0
-        spec_other = _replicas(other_dep) if other_dep is not None else 0
-
-        weight = 0
+        counts = {
+            service: _replicas(dep) if (dep := snapshot.deployments.get(service)) else 0
+            for service in slot_services(self.rollout)
+        }
+        weight = int(annotations.get(ANNOTATION_WEIGHT) or 0) if candidate else 0
         try:
-            weight = int(annotations.get(ANNOTATION_WEIGHT) or 0) if candidate else 0
-            desired = DesiredRoutes(stable, candidate, weight, 0)
-            consistent = self.targets(desired) == {stable: spec_stable, other: spec_other}
+            targets = self.targets(DesiredRoutes(stable, candidate, weight, 0))
         except (RoutingError, ValueError):
-            consistent = False
-        if not consistent:  # scaled behind our back: report what the replica counts give
-            total = spec_stable + spec_other
-            weight = round(100 * spec_other / total) if total else 0
-
-        ready_stable, ready_other = _ready(stable_dep), _ready(other_dep)
-        ready_total = ready_stable + ready_other
-        actual = round(100 * ready_other / ready_total, 2) if ready_total else None
-        return ReplicaRouteState(
-            found=True,
-            stable_weight=100 - weight,
-            candidate_weight=weight,
-            mirror=0,
-            actual_candidate=actual,
-            message=(
-                f"{name}: stable {stable} {spec_stable} replicas ({ready_stable} ready), "
-                f"{other} {spec_other} replicas ({ready_other} ready)"
-                + ("" if consistent else "; replica counts differ from the recorded weight")
-            ),
+            targets = {}
+        named = [stable] + ([candidate] if candidate else [])
+        if targets and all(counts[s] == targets[s] for s in named):
+            weights = {stable: 100 - weight} | ({candidate: weight} if candidate else {})
+            note = ""
+        else:  # scaled behind our back: the shares the replica counts give
+            weights = {s: counts[s] for s in named}
+            note = "; replica counts differ from the recorded weight"
+        state = route_state(name, self.rollout, weights, 0, None)
+        ready = {s: _ready(snapshot.deployments.get(s)) for s in slot_services(self.rollout)}
+        other = next(s for s in slot_services(self.rollout) if s != stable)
+        total = sum(ready.values())
+        return replace(
+            state,
+            actual_candidate=round(100 * ready[other] / total, 2) if total else None,
+            message=state.message
+            + " ("
+            + ", ".join(f"{s} {counts[s]} replicas, {ready[s]} ready" for s in counts)
+            + f"){note}",
         )
 
 
@@ -414,8 +442,11 @@ class ReplicaRatioRouter:
         )
         return True
 
-    async def observe(self) -> ReplicaRouteState:
+    async def observe(self) -> RouteState:
         return self.planner.parse(await self._snapshot())
+
+    def replicas(self, service: str, asked: int, desired: DesiredRoutes) -> int:
+        return self.planner.replicas_for(service, asked, desired)
 
     async def verify(self, desired: DesiredRoutes) -> bool:
         return self.planner.plan(await self._snapshot(), desired).empty

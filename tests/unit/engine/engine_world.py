@@ -34,6 +34,7 @@ from modelrollout.engine.types import (
     Slot,
     SlotState,
 )
+from tests.unit.route_states import serving
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -140,10 +141,8 @@ def slot(version: str | None, replicas: int = 2, ready: int | None = None) -> Sl
     )
 
 
-def route(weight: int = 0, mirror: int = 0) -> RouteState:
-    return RouteState(
-        found=True, stable_weight=100 - weight, candidate_weight=weight, mirror=mirror
-    )
+def route(weight: int = 0, mirror: int = 0, stable: Slot = "a") -> RouteState:
+    return serving(weight, mirror, stable=stable)
 
 
 def observe(
@@ -154,12 +153,13 @@ def observe(
     a_ready: int | None = None,
     weight: int = 0,
     mirror: int = 0,
+    stable: Slot = "a",
     **extra: Any,
 ) -> Observation:
     fields: dict[str, Any] = {
         "generation": 1,
         "slots": {"a": slot(a, ready=a_ready), "b": slot(b, ready=b_ready)},
-        "route": route(weight, mirror),
+        "route": route(weight, mirror, stable),
     }
     fields.update(extra)
     return Observation(**fields)
@@ -246,7 +246,7 @@ class World:
             elif isinstance(action, SetTraffic):
                 w = action.candidate_weight if action.candidate_slot else 0
                 m = action.mirror if action.candidate_slot else 0
-                self.route = route(w, m)
+                self.route = route(w, m, action.stable_slot)
                 self.route_slots = (action.stable_slot, action.candidate_slot)
 
     def observation(

@@ -31,13 +31,13 @@ from modelrollout.engine.types import (
     GateResult,
     Notify,
     Observation,
-    RouteState,
     ScaleSlot,
     SetTraffic,
     Slot,
     SlotState,
     other_slot,
 )
+from tests.unit.route_states import serving
 
 STAGES = [
     {"name": "shadow", "mirror": 100, "duration": "2m"},
@@ -92,6 +92,7 @@ EVENTS = st.one_of(
     st.tuples(st.just("version"), st.sampled_from(["2.0.0", "2.0.0", "3.0.0", "1.0.0"])),
     st.tuples(st.just("command"), st.sampled_from(list(CommandVerb))),
     st.tuples(st.just("drift"), st.sampled_from([0, 5, 20, 100])),
+    st.tuples(st.just("misroute"), st.just(0)),
 )
 
 
@@ -145,9 +146,11 @@ def check_invariants(
         assert entry.metrics and all(m.verdict is Verdict.SUCCESSFUL for m in entry.metrics)
 
     # 3. A slot is only scaled down after the route stopped sending it traffic.
-    routed_to = {before.stable_slot or "a"}
-    if obs.route is None or obs.route.candidate_weight or obs.route.mirror:
-        routed_to.add(other_slot(before.stable_slot or "a"))
+    routed_to: set[str] = {"a", "b"}
+    if obs.route is not None:
+        routed_to = {s.slot for s in obs.route.shares if s.percent and s.slot is not None}
+        if obs.route.mirror and obs.route.mirror_slot is not None:
+            routed_to.add(obs.route.mirror_slot)
     for index, action in enumerate(d.actions):
         if isinstance(action, ScaleSlot) and action.replicas == 0 and action.slot in routed_to:
             earlier = [a for a in d.actions[:index] if isinstance(a, SetTraffic)]
@@ -177,7 +180,7 @@ def test_random_event_sequences_keep_the_invariants(
     world = World()
     world.slots["a"].version, world.slots["a"].replicas = "1.0.0", 2
     world.slots["a"].ready_at = world.now
-    world.route = RouteState(found=True)
+    world.route = serving()
     world.route_slots = ("a", None)
     status = settled(V1)
     knobs = Knobs()
@@ -187,7 +190,9 @@ def test_random_event_sequences_keep_the_invariants(
         if kind == "wait":
             world.now += timedelta(seconds=value)
         elif kind == "drift":
-            world.route = RouteState(found=True, stable_weight=100 - value, candidate_weight=value)
+            world.route = serving(value, stable=world.route_slots[0] if world.route_slots else "a")
+        elif kind == "misroute":  # the route re-applied as first written: all to slot a
+            world.route = serving()
         elif kind == "command":
             command = Command(verb=value, id=f"c{number}", actor="tester")
         else:

@@ -8,7 +8,7 @@ convergent ones (the slots and the route that the state wants).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,10 +50,13 @@ from modelrollout.engine.types import (
     GateResult,
     Notify,
     Observation,
+    RouteShare,
+    RouteState,
     ScaleSlot,
     SetTraffic,
     Slot,
 )
+from tests.unit.route_states import serving
 
 SPEC = make_spec("2.0.0")
 SLOTS: tuple[Slot, Slot] = ("a", "b")
@@ -178,6 +181,14 @@ def not_stalled(d: Decision) -> None:
     assert cond(d, "Stalled").status == "False"
 
 
+def corrected_once() -> ModelRolloutStatus:
+    """Settled on 2.0.0 in slot b, after one correction of the route re-applied as written."""
+    status = settled(V2, slot="b")
+    spec = make_spec("2.0.0")
+    obs = observe(a=None, b="2.0.0", stable="a", route_edited=True)
+    return engine.decide(spec, status, obs, at(minutes=3)).status
+
+
 def holds(predicate: Callable[[Decision], bool]) -> Callable[[Decision], None]:
     """A check from a predicate (the lambda's text is in the assertion message)."""
 
@@ -230,13 +241,13 @@ def gate_wait(d: Decision) -> None:
 CASES: list[Case] = [
     # ---------------------------------------------------------------- first version
     Case(
-        "init: first tick deploys slot a and routes to it",
+        "init: first tick deploys slot a; the route waits until its Deployment exists",
         ModelRolloutStatus(),
         observe(a=None, b=None, route=None),
         T0,
         Phase.IDLE,
         None,
-        [EnsureSlot("a", V1, 2), TO_STABLE],
+        [EnsureSlot("a", V1, 2)],
         [],
         spec=SPEC_V1,
         check=all_of(is_ready_condition("False", "Initializing"), requeue(timedelta(seconds=1))),
@@ -427,7 +438,7 @@ CASES: list[Case] = [
     Case(
         "settled: stable in slot b -> candidate goes to slot a",
         settled(slot="b"),
-        observe(a=None, b="1.0.0"),
+        observe(a=None, b="1.0.0", stable="b"),
         T0,
         Phase.PROGRESSING,
         0,
@@ -1037,7 +1048,9 @@ CASES: list[Case] = [
                 )
             ),
             holds(lambda d: last_entry(d, "Promoted").metrics[0].verdict is Verdict.SUCCESSFUL),
-            requeue(timedelta(seconds=1)),  # until the route shows the switch
+            # the full stage's route already sends slot b 100%: Ready at once, nothing to await
+            is_ready_condition("True", "Succeeded"),
+            requeue(None),
         ),
     ),
     Case(
@@ -1565,6 +1578,83 @@ CASES: list[Case] = [
         [ENSURE_A, ENSURE_B, traffic(5)],
         [],
         check=requeue(timedelta(seconds=1)),
+    ),
+    Case(
+        "drift: settled in slot b, route re-applied as first written (all to slot a) -> "
+        "put back, recorded with before and after, Warning Event",
+        settled(V2, slot="b"),
+        observe(a=None, b="2.0.0", stable="a", route_edited=True),
+        at(minutes=3),
+        Phase.SUCCEEDED,
+        None,
+        [EnsureSlot("b", V2, 2), SetTraffic("b", None, 0, 0)],
+        ["RouteCorrected"],
+        spec=make_spec("2.0.0"),
+        check=all_of(
+            holds(lambda d: "m-a 100%" in last_entry(d, "RouteCorrected").reason),
+            holds(lambda d: "restored to slot b 100%" in last_entry(d, "RouteCorrected").reason),
+            holds(lambda d: "RouteCorrected" in warnings(d)),
+            is_ready_condition("False", "RouteConverging"),
+            requeue(timedelta(seconds=1)),
+        ),
+    ),
+    Case(
+        "drift: the same misroute found again -> put back, neither a second entry nor Event",
+        corrected_once(),
+        observe(a=None, b="2.0.0", stable="a", route_edited=True),
+        at(minutes=4),
+        Phase.SUCCEEDED,
+        None,
+        [EnsureSlot("b", V2, 2), SetTraffic("b", None, 0, 0)],
+        [],
+        spec=make_spec("2.0.0"),
+        check=holds(lambda d: "RouteCorrected" not in warnings(d)),
+    ),
+    Case(
+        "drift: numbers right, Service wrong (slot a at 100% while b is stable) -> not agreed "
+        "even unedited: put back without a report",
+        settled(V2, slot="b"),
+        observe(a=None, b="2.0.0", stable="a"),
+        at(minutes=3),
+        Phase.SUCCEEDED,
+        None,
+        [EnsureSlot("b", V2, 2), SetTraffic("b", None, 0, 0)],
+        [],
+        spec=make_spec("2.0.0"),
+    ),
+    Case(
+        "drift: route written with the role Service m-stable -> rewritten to the slot, no "
+        "misroute reported (its traffic reached the stable pods)",
+        settled(V2, slot="b"),
+        observe(
+            a=None,
+            b="2.0.0",
+            route=RouteState(True, (RouteShare("m-stable", None, 100, "stable"),)),
+            route_edited=True,
+        ),
+        at(minutes=3),
+        Phase.SUCCEEDED,
+        None,
+        [EnsureSlot("b", V2, 2), SetTraffic("b", None, 0, 0)],
+        [],
+        spec=make_spec("2.0.0"),
+    ),
+    Case(
+        "drift: route written but its Gateway has not accepted it -> not in force: wait, "
+        "nothing rewritten, not Ready",
+        settled(V2, slot="b"),
+        observe(
+            a=None,
+            b="2.0.0",
+            route=replace(serving(stable="b"), pending="parent Gateway/gw accepted generation 3"),
+        ),
+        at(minutes=3),
+        Phase.SUCCEEDED,
+        None,
+        [EnsureSlot("b", V2, 2), SetTraffic("b", None, 0, 0)],
+        [],
+        spec=make_spec("2.0.0"),
+        check=all_of(is_ready_condition("False", "RouteConverging"), requeue(timedelta(seconds=1))),
     ),
     Case(
         "drift: route unknown while waiting for readiness -> asserted stable",

@@ -27,6 +27,7 @@ from modelrollout import engine
 from modelrollout.api.models import ModelRolloutSpec, ModelRolloutStatus, Phase, Verdict
 from modelrollout.audit import verify
 from modelrollout.engine.types import Action, EnsureSlot, ScaleSlot, SetTraffic, Wake
+from tests.unit.route_states import serving
 
 STAGE_ORDER = ["shadow", "canary-5", "canary-25", "full"]
 MAX_TICKS = 2000
@@ -104,7 +105,7 @@ def test_first_version_then_full_rollout_to_promotion() -> None:
     # The world ends as the status says: slot b serves everything, slot a is scaled down,
     # and slot b was configured with 2.0.0 once (promotion restarted no pod).
     assert world.route_slots == ("b", None) and world.route is not None
-    assert world.route.stable_weight == 100
+    assert world.route.percent_to("b") == 100
     assert world.slots["a"].replicas == 0 and world.slots["b"].version == "2.0.0"
     assert world.configured["b"] == 1
     assert world.violations == []  # no traffic to a slot that was not ready
@@ -125,7 +126,7 @@ def test_rollback_walk_stops_at_the_breach() -> None:
     assert "error-rate" in (status.rollback_reason or "")
     assert (status.stable, status.stable_slot) == (V1, "a")
     assert world.route_slots == ("a", None) and world.route is not None
-    assert (world.route.stable_weight, world.route.mirror) == (100, 0)
+    assert (world.route.percent_to("a"), world.route.mirror) == (100, 0)
     assert world.slots["b"].replicas == 0 and world.slots["a"].replicas == 2
     # Traffic left the candidate before it was scaled down.
     log = world.log
@@ -295,9 +296,14 @@ def test_a_promotions_read_back_leaves_the_decision_itself_unedited() -> None:
     for _ in range(MAX_TICKS):
         obs = world.observation(spec, status)
         decision = engine.decide(spec, status, obs, world.now)
-        world.apply(decision.actions)
         if decision.status.phase is Phase.SUCCEEDED:
+            # promoted while the route still sends 25% (a promote command, say): as decided,
+            # the route is not read back yet
+            obs = replace(obs, route=serving(25))
+            decision = engine.decide(spec, status, obs, world.now)
+            world.apply(decision.actions)
             break
+        world.apply(decision.actions)
         status = decision.status
         world.now += decision.requeue_after or timedelta(seconds=30)
     else:
@@ -318,8 +324,12 @@ def test_read_back_leaves_any_other_decision_as_it_was() -> None:
     decision = engine.decide(spec, status, obs, world.now)
     assert decision.status.phase is Phase.PROGRESSING
     assert engine.read_back(spec, decision, obs, world.now) is decision
-    # Succeeded, but the route read back does not serve it (someone else rewrote it).
+    # Succeeded, but the route read back does not serve it (someone else rewrote it between
+    # the observation and the write): not Ready, and a look again soon, whatever was decided.
     settled = settle(world, spec, decision.status)
     promoted = engine.decide(spec, settled, world.observation(spec, settled), world.now)
     stray = replace(world.observation(spec, settled), route=route(50))
-    assert engine.read_back(spec, promoted, stray, world.now) is promoted
+    read = engine.read_back(spec, promoted, stray, world.now)
+    ready = next(c for c in read.status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "RouteConverging")
+    assert read.requeue_reason is Wake.CONVERGE

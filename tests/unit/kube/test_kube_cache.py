@@ -495,7 +495,7 @@ async def test_a_router_observes_its_route_from_the_cache_and_reads_it_when_not_
     router = make_router(k8s.ApiClient(), "ns", "m", rollout, cache=cache)
     router._api = Refused()  # type: ignore[attr-defined]
     state = await router.observe()
-    assert (state.stable_weight, state.candidate_weight) == (90, 10)
+    assert (state.percent_to("a"), state.percent_to("b")) == (90, 10)
 
     class Api:
         def get_namespaced_custom_object(self, **_: Any) -> dict[str, Any]:
@@ -503,7 +503,7 @@ async def test_a_router_observes_its_route_from_the_cache_and_reads_it_when_not_
 
     del cache._stores[HTTPROUTES][("ns", "route")]
     router._api = Api()  # type: ignore[attr-defined]
-    assert (await router.observe()).stable_weight == 100
+    assert (await router.observe()).percent_to("a") == 100
     # A cache that does not watch the kind (or is not live yet) is never asked.
     assert ObjectCache(k8s.ApiClient()).get(HTTPROUTES, "ns", "route") is None
 
@@ -543,7 +543,7 @@ async def test_a_route_the_operator_wrote_is_read_back_before_the_watch_brings_i
     assert await router.apply(DesiredRoutes("m-a", "m-b", 10, 0))
     assert Api.patched
     state = await router.observe()
-    assert (state.stable_weight, state.candidate_weight) == (90, 10)
+    assert (state.percent_to("a"), state.percent_to("b")) == (90, 10)
     assert "managedFields" not in cache._stores[HTTPROUTES][("ns", "route")]["metadata"]
 
 

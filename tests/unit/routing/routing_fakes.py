@@ -160,16 +160,23 @@ def bump(body: Body) -> None:
 class FakeWorkloads:
     """The replica router's WorkloadAPI over dicts; records every write in order."""
 
-    def __init__(self, namespace: str = "ml") -> None:
+    def __init__(self, namespace: str = "ml", owner_uid: str | None = None) -> None:
         self.namespace = namespace
+        self.owner_uid = owner_uid  # the uid the Deployments it adds are owned by
         self.deployments: dict[str, Body] = {}
         self.services: dict[str, Body] = {}
         self.writes: list[tuple[str, str, Any]] = []
         self.create_conflict = False  # simulate a concurrent creation of the Service
 
     def add_deployment(self, name: str, replicas: int, ready: int | None = None) -> None:
+        owners = [{"kind": "ModelRollout", "uid": self.owner_uid}] if self.owner_uid else []
         self.deployments[name] = {
-            "metadata": {"name": name, "namespace": self.namespace, "generation": 1},
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "generation": 1,
+                "ownerReferences": owners,
+            },
             "spec": {"replicas": replicas},
             "status": {"readyReplicas": replicas if ready is None else ready},
         }
@@ -215,3 +222,19 @@ class FakeWorkloads:
                     target[key] = copy.deepcopy(value)
 
         merge(self.services[name], patch)
+
+
+def percents(state: Any) -> dict[str, int]:
+    """A read-back RouteState as percent per Service (zero shares left out); every share must
+    name the slot its Service is."""
+    for share in state.shares:
+        assert share.slot == (share.service[-1] if share.service[-2:] in ("-a", "-b") else None)
+    return {s.service: s.percent for s in state.shares if s.percent}
+
+
+def split(desired: Any, stable: int, candidate: int) -> dict[str, int]:
+    """What ``percents`` reads back when ``desired``'s Services get these shares."""
+    wanted = {desired.stable_service: stable}
+    if desired.candidate_service is not None:
+        wanted[desired.candidate_service] = candidate
+    return {service: percent for service, percent in wanted.items() if percent}

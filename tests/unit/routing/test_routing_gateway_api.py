@@ -24,6 +24,8 @@ from tests.unit.routing.routing_fakes import (
     FakeCustomObjects,
     bump,
     load_fixture,
+    percents,
+    split,
 )
 
 NS, ROLLOUT, ROUTE = "ml", "fraud-detector", "fraud-detector"
@@ -130,12 +132,12 @@ def test_stage_sequence_sets_exact_weights_and_mirror(httproute: Body, upto: int
     assert rule["filters"] == USER_FILTERS + ([mirror] if mirror else [])
     state = ed.parse(body)
     assert isinstance(state, RouteState)
-    assert (state.found, state.stable_weight, state.candidate_weight, state.mirror) == (
+    assert (state.found, percents(state), state.mirror) == (
         True,
-        stable,
-        candidate,
+        split(desired, stable, candidate),
         mirrored,
     )
+    assert state.mirror_slot == ("b" if mirrored else None)
     assert user_view(body, ed) == user_view(httproute, ed)
     assert compute_patch(ed, body, desired) is None  # idempotent re-apply
 
@@ -148,7 +150,7 @@ def test_rollback_sends_everything_to_stable_and_keeps_user_fields(httproute: Bo
     assert managed_rule(body)["backendRefs"] == [ref(A, 100)]
     assert managed_rule(body)["filters"] == USER_FILTERS
     state = ed.parse(body)
-    assert (state.stable_weight, state.candidate_weight, state.mirror) == (100, 0, 0)
+    assert (percents(state), state.mirror) == ({A: 100}, 0)
     assert user_view(body, ed) == user_view(httproute, ed)
 
 
@@ -186,7 +188,7 @@ def test_leftover_state_from_a_previous_apply_is_recognised_and_converged() -> N
     ed = editor(rule_index=0)
     state = ed.parse(body)
     # stable b 75 / candidate a 25; the mirror (fraction 1/4) targets the candidate
-    assert (state.stable_weight, state.candidate_weight, state.mirror) == (75, 25, 25)
+    assert (percents(state), state.mirror, state.mirror_slot) == ({B: 75, A: 25}, 25, "a")
 
     new = step(body, DesiredRoutes(B, A, 25, 50), ed)
     rule = managed_rule(new, 0)
@@ -209,7 +211,7 @@ def test_backend_ref_without_weight_counts_as_one() -> None:
     rule["backendRefs"] = [{"name": A, "port": 8080}, {"name": B, "port": 8080, "weight": 3}]
     rule.pop("filters")
     state = editor(0).parse(body)
-    assert (state.stable_weight, state.candidate_weight) == (25, 75)
+    assert percents(state) == {A: 25, B: 75}
 
 
 # ------------------------------------------------------------------------------- errors
@@ -300,7 +302,7 @@ async def test_apply_writes_once_and_reapply_writes_nothing(httproute: Body) -> 
     assert await r.verify(desired)
     assert managed_rule(stored(api))["backendRefs"] == [ref(A, 95), ref(B, 5)]
     state = await r.observe()
-    assert (state.found, state.stable_weight, state.candidate_weight) == (True, 95, 5)
+    assert (state.found, percents(state)) == (True, {A: 95, B: 5})
 
 
 async def test_conflict_409_rereads_and_recomputes(httproute: Body) -> None:

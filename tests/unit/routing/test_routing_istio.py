@@ -14,7 +14,14 @@ from modelrollout.api.models import IstioRouting
 from modelrollout.routing._common import compute_patch
 from modelrollout.routing.base import DesiredRoutes, RouteNotFound, RoutingError
 from modelrollout.routing.istio import GROUP, PLURAL, IstioRouter, VirtualServiceEditor
-from tests.unit.routing.routing_fakes import Body, FakeCustomObjects, bump, load_fixture
+from tests.unit.routing.routing_fakes import (
+    Body,
+    FakeCustomObjects,
+    bump,
+    load_fixture,
+    percents,
+    split,
+)
 
 NS, ROLLOUT, VS = "ml", "fraud-detector", "fraud-detector"
 A, B = "fraud-detector-a", "fraud-detector-b"
@@ -80,9 +87,11 @@ def test_stage_sequence_sets_exact_weights_and_mirror(virtualservice: Body, upto
     assert managed.get("mirror") == mirror
     assert managed.get("mirrorPercentage") == ({"value": 100} if mirror else None)
     state = ed.parse(body)
-    assert (state.found, state.stable_weight, state.candidate_weight, state.mirror) == (
+    stable, candidate, mirrored = expected
+    assert (state.found, percents(state), state.mirror) == (
         True,
-        *expected,
+        split(desired, stable, candidate),
+        mirrored,
     )
     assert user_view(body, 1) == user_view(virtualservice, 1)
     assert compute_patch(ed, body, desired) is None
@@ -100,7 +109,7 @@ def test_rollback_keeps_user_fields(virtualservice: Body) -> None:
 
 def test_single_destination_without_weight_reads_as_100(virtualservice: Body) -> None:
     state = editor().parse(virtualservice)
-    assert (state.stable_weight, state.candidate_weight, state.mirror) == (100, 0, 0)
+    assert (percents(state), state.mirror) == ({A: 100}, 0)
 
 
 def test_fqdn_hosts_are_read_and_written_in_the_users_spelling() -> None:
@@ -108,7 +117,7 @@ def test_fqdn_hosts_are_read_and_written_in_the_users_spelling() -> None:
     ed = editor(route_name=None)  # the first (and only, unnamed) entry
     state = ed.parse(body)
     # stable a 100, candidate b only mirrored at the legacy mirrorPercent 40
-    assert (state.stable_weight, state.candidate_weight, state.mirror) == (100, 0, 40)
+    assert (percents(state), state.mirror, state.mirror_slot) == ({A: 100}, 40, "b")
 
     new = step(body, DesiredRoutes(A, B, 5, 20), ed, index=0)
     managed = entry(new, 0)
@@ -155,7 +164,7 @@ def test_mirror_percentage_read_as_float(virtualservice: Body) -> None:
     managed["mirror"] = {"host": B}
     managed["mirrorPercentage"] = {"value": 12.5}
     state = editor().parse(virtualservice)
-    assert (state.candidate_weight, state.mirror) == (0, 12)
+    assert (percents(state), state.mirror, state.mirror_slot) == ({A: 100}, 12, "b")
     # the same mirror expressed as an int is a change, 12.5 != 12
     assert compute_patch(editor(), virtualservice, DesiredRoutes(A, B, 0, 12)) is not None
 
@@ -236,7 +245,7 @@ async def test_apply_retries_after_a_concurrent_edit_and_finalize_cleans_up(
     assert entry(stored)["route"] == [dest(A, 100)]
     assert "mirror" not in entry(stored)
     state = await r.observe()
-    assert (state.stable_weight, state.candidate_weight, state.mirror) == (100, 0, 0)
+    assert (percents(state), state.mirror) == ({A: 100}, 0)
 
 
 async def test_missing_virtual_service() -> None:

@@ -6,23 +6,25 @@ import pytest
 from kubernetes import client as k8s
 
 from modelrollout.api.models import ReplicaRatioRouting
+from modelrollout.engine.types import RouteState
 from modelrollout.routing.base import DesiredRoutes, RoutingError
 from modelrollout.routing.replicas import (
     ANNOTATION_CANDIDATE,
     ANNOTATION_STABLE,
     ANNOTATION_WEIGHT,
+    NotOwned,
     ReplicaRatioRouter,
-    ReplicaRouteState,
     split_replicas,
 )
 from tests.unit.routing.routing_fakes import Body, FakeWorkloads
 
 NS, ROLLOUT = "ml", "fraud-detector"
 A, B = "fraud-detector-a", "fraud-detector-b"
+OWNER_UID = "9f1c2d3e-0000-4000-8000-000000000001"
 OWNER: Body = {
     "apiVersion": "modelrollout.dev/v1alpha1",
     "kind": "ModelRollout",
-    "metadata": {"name": ROLLOUT, "namespace": NS, "uid": "9f1c2d3e-0000-4000-8000-000000000001"},
+    "metadata": {"name": ROLLOUT, "namespace": NS, "uid": OWNER_UID},
 }
 
 # (R, w) -> (stable, candidate): ties round towards stable; both versions serve while 0 < w < 100,
@@ -82,7 +84,7 @@ def make_router(
 
 
 async def test_first_apply_creates_the_shared_service_owned_by_the_rollout() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 3)
     router = make_router(api)
     state = await router.observe()
@@ -111,7 +113,7 @@ async def test_first_apply_creates_the_shared_service_owned_by_the_rollout() -> 
 
 
 async def test_owner_reference_is_accepted_as_is() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid="u")
     api.add_deployment(A, 3)
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u"}
     await make_router(api, owner=ref).apply(DesiredRoutes(A, None, 0, 0))
@@ -119,7 +121,7 @@ async def test_owner_reference_is_accepted_as_is() -> None:
 
 
 async def test_canary_scales_up_before_it_scales_down_and_reports_actual_weight() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 10)
     api.add_deployment(B, 0)
     router = make_router(api, replicas=10)
@@ -141,24 +143,19 @@ async def test_canary_scales_up_before_it_scales_down_and_reports_actual_weight(
     api.deployments[A]["status"]["readyReplicas"] = 8
     api.deployments[B]["status"]["readyReplicas"] = 1
     state = await router.observe()
-    assert isinstance(state, ReplicaRouteState)
-    assert (state.found, state.stable_weight, state.candidate_weight, state.mirror) == (
-        True,
-        75,
-        25,
-        0,
-    )
+    assert (state.found, shares(state), state.mirror) == (True, {A: 75, B: 25}, 0)
     assert state.actual_candidate == pytest.approx(100 / 9, abs=0.01)
 
-    # going back to stable: stable up first, then the candidate down
+    # going back to stable: stable up; the candidate slot is the engine's to scale down
     api.writes.clear()
     assert await router.apply(DesiredRoutes(A, None, 0, 0)) is True
-    assert api.writes[:2] == [("scale", A, 10), ("scale", B, 0)]
+    assert api.writes[0] == ("scale", A, 10)
+    assert ("scale", B, 0) not in api.writes
     assert ANNOTATION_CANDIDATE not in api.services[ROLLOUT]["metadata"]["annotations"]
 
 
 async def test_small_replica_counts_keep_both_versions_serving() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 1)
     api.add_deployment(B, 0)
     router = make_router(api, replicas=1)
@@ -169,40 +166,75 @@ async def test_small_replica_counts_keep_both_versions_serving() -> None:
     )
     api.deployments[B]["status"]["readyReplicas"] = 1  # the candidate pod became ready
     state = await router.observe()
-    assert state.candidate_weight == 5  # what was asked for ...
-    assert isinstance(state, ReplicaRouteState)
+    assert shares(state) == {A: 95, B: 5}  # what was asked for ...
     assert state.actual_candidate == 50.0  # ... and what is served
 
 
 async def test_promotion_switches_roles_and_empties_the_old_stable() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 0)
     api.add_deployment(B, 3)
     router = make_router(api)
     await router.apply(DesiredRoutes(A, B, 100, 0))
-    assert await router.apply(DesiredRoutes(B, None, 0, 0)) is True
+    assert await router.apply(DesiredRoutes(B, None, 0, 0)) is True  # the Service records b
     assert api.deployments[B]["spec"]["replicas"] == 3
     assert api.deployments[A]["spec"]["replicas"] == 0
     state = await router.observe()
-    assert (state.stable_weight, state.candidate_weight) == (100, 0)
+    assert shares(state) == {B: 100}
     assert api.services[ROLLOUT]["metadata"]["annotations"][ANNOTATION_STABLE] == B
 
 
 async def test_scaling_behind_the_routers_back_is_reported() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 2)
     api.add_deployment(B, 1)
     router = make_router(api)
     await router.apply(DesiredRoutes(A, B, 25, 0))
     api.deployments[B]["spec"]["replicas"] = 3  # someone ran kubectl scale
     state = await router.observe()
-    assert (state.stable_weight, state.candidate_weight) == (40, 60)
+    assert shares(state) == {A: 40, B: 60}
     assert "differ from the recorded weight" in state.message
     assert not await router.verify(DesiredRoutes(A, B, 25, 0))
 
 
+def shares(state: RouteState) -> dict[str, int]:
+    """Percent per Service, each share with the slot its Service is."""
+    assert all(s.slot == s.service[-1] for s in state.shares), state.shares
+    return {s.service: s.percent for s in state.shares if s.percent}
+
+
+def test_the_router_sizes_the_slots_it_routes_to() -> None:
+    planner = make_router(FakeWorkloads()).planner
+    warming = DesiredRoutes(A, None, 0, 0)
+    assert planner.replicas_for(A, 3, warming) == 3  # stable runs everything
+    assert planner.replicas_for(B, 3, warming) == 1  # a warming candidate: one pod, not 3
+    assert planner.replicas_for(B, 0, warming) == 0
+    assert planner.replicas_for(B, 3, DesiredRoutes(A, B, 25, 0)) == 1
+    assert planner.replicas_for(A, 3, DesiredRoutes(A, B, 25, 0)) == 2
+    assert planner.replicas_for(B, 3, DesiredRoutes(A, B, 100, 0)) == 3
+
+
+async def test_objects_of_someone_else_are_refused_before_any_write() -> None:
+    api = FakeWorkloads(owner_uid="someone-elses-uid")
+    api.add_deployment(A, 3)
+    router = make_router(api)
+    with pytest.raises(NotOwned, match=r"Deployment ml/fraud-detector-a exists and is not owned"):
+        await router.apply(DesiredRoutes(A, None, 0, 0))
+    assert api.writes == []
+    api.deployments[A]["metadata"]["ownerReferences"] = [{"uid": OWNER_UID}]
+    api.services[ROLLOUT] = {
+        "metadata": {"name": ROLLOUT, "annotations": {ANNOTATION_STABLE: A}},
+        "spec": {"selector": {"modelrollout.dev/rollout": ROLLOUT}},
+    }
+    with pytest.raises(NotOwned, match=r"Service ml/fraud-detector exists and is not owned"):
+        await router.observe()
+    with pytest.raises(NotOwned):
+        await router.apply(DesiredRoutes(A, None, 0, 0))
+    assert api.writes == []
+
+
 async def test_mirror_is_refused() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 3)
     with pytest.raises(RoutingError, match="cannot mirror traffic"):
         await make_router(api).apply(DesiredRoutes(A, B, 0, 100))
@@ -210,9 +242,12 @@ async def test_mirror_is_refused() -> None:
 
 
 async def test_a_foreign_service_with_the_shared_name_is_refused() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 3)
-    api.services[ROLLOUT] = {"metadata": {"name": ROLLOUT}, "spec": {"selector": {"app": "legacy"}}}
+    api.services[ROLLOUT] = {
+        "metadata": {"name": ROLLOUT, "ownerReferences": [{"uid": OWNER_UID}]},
+        "spec": {"selector": {"app": "legacy"}},
+    }
     router = make_router(api)
     with pytest.raises(
         RoutingError, match=r"Service ml/fraud-detector exists but selects \{'app': 'legacy'\}"
@@ -224,7 +259,7 @@ async def test_a_foreign_service_with_the_shared_name_is_refused() -> None:
 
 
 async def test_missing_deployments() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     router = make_router(api)
     with pytest.raises(
         RoutingError, match=r"Deployment ml/fraud-detector-a \(stable slot\) does not exist"
@@ -241,7 +276,7 @@ async def test_missing_deployments() -> None:
 
 
 async def test_concurrent_service_creation_converges() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 3)
     api.create_conflict = True
     router = make_router(api)
@@ -253,7 +288,7 @@ async def test_concurrent_service_creation_converges() -> None:
 
 
 async def test_port_drift_is_corrected() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 3)
     await make_router(api).apply(DesiredRoutes(A, None, 0, 0))
     api.services[ROLLOUT]["spec"]["ports"][0]["targetPort"] = 9999
@@ -273,16 +308,14 @@ async def test_port_drift_is_corrected() -> None:
 
 
 async def test_finalize() -> None:
-    api = FakeWorkloads()
+    api = FakeWorkloads(owner_uid=OWNER_UID)
     api.add_deployment(A, 2)
     api.add_deployment(B, 1)
     router = make_router(api)
     await router.apply(DesiredRoutes(A, B, 25, 0))
     await router.finalize(A)
-    assert (api.deployments[A]["spec"]["replicas"], api.deployments[B]["spec"]["replicas"]) == (
-        3,
-        0,
-    )
+    # all capacity back on stable; the candidate goes with the rollout (garbage-collected)
+    assert api.deployments[A]["spec"]["replicas"] == 3
     # nothing to do once the stable Deployment is gone (the rollout is being deleted)
     del api.deployments[A]
     api.writes.clear()
