@@ -446,3 +446,95 @@ async def test_finalize_leaves_stable_at_100_without_mirror(httproute: Body) -> 
 
 async def test_finalize_tolerates_a_deleted_route() -> None:
     await router(FakeCustomObjects()).finalize(A)
+
+
+# ------------------------------------------------------------------ identity (issue 21)
+
+
+def test_a_route_pointing_at_the_wrong_slot_is_read_as_such(httproute: Body) -> None:
+    """Re-applied as first written after a promotion: slot a at 100% reads back as slot a,
+    whatever position or weight, so the engine can tell it from slot b at 100%."""
+    ed = editor()
+    managed_rule(httproute)["backendRefs"] = [ref(A, 100)]
+    state = ed.parse(httproute)
+    assert [(s.service, s.slot, s.percent) for s in state.shares] == [(A, "a", 100)]
+    assert "fraud-detector-a 100%" in state.message
+    new = step(httproute, DesiredRoutes(B, None, 0, 0), ed)
+    assert [r["name"] for r in managed_rule(new)["backendRefs"]] == [B]
+
+
+def test_role_services_in_the_managed_rule_are_ours_and_replaced_by_slots(httproute: Body) -> None:
+    ed = editor()
+    stable = f"{ROLLOUT}-stable"
+    managed_rule(httproute)["backendRefs"] = [ref(stable, 1)]
+    state = ed.parse(httproute)
+    assert [(s.service, s.slot, s.role, s.percent) for s in state.shares] == [
+        (stable, None, "stable", 100)
+    ]
+    new = step(httproute, DesiredRoutes(B, None, 0, 0), ed)
+    assert managed_rule(new)["backendRefs"] == [ref(B, 100)]
+
+
+@pytest.mark.parametrize(
+    ("filters", "said"),
+    [
+        ([{"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}}], "RequestRedirect"),
+        (None, "no backendRefs;"),
+    ],
+)
+def test_a_rule_without_backends_is_refused_not_claimed(
+    httproute: Body, filters: list[Body] | None, said: str
+) -> None:
+    ed = editor()
+    rule = managed_rule(httproute)
+    rule.pop("backendRefs")
+    rule.pop("filters", None)
+    if filters:
+        rule["filters"] = filters
+    with pytest.raises(RoutingError, match="rule 1 has no backendRefs") as raised:
+        ed.render(httproute, DesiredRoutes(A, None, 0, 0))
+    assert said in str(raised.value) and f"{ROLLOUT}-stable" in str(raised.value)
+    with pytest.raises(RoutingError, match="has no backendRefs"):
+        ed.parse(httproute)
+
+
+def parents(*conditions: Body) -> Body:
+    return {
+        "parents": [
+            {"parentRef": {"name": f"gw-{i}"}, "controllerName": "x", "conditions": [c]}
+            for i, c in enumerate(conditions)
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "pending"),
+    [
+        ({}, None),  # no controller reports on the route: in force
+        (parents({"type": "Accepted", "status": "True", "observedGeneration": 5}), None),
+        (
+            parents({"type": "Accepted", "status": "True", "observedGeneration": 4}),
+            "parent Gateway/gw-0 accepted generation 4, not yet 5",
+        ),
+        (
+            parents(
+                {"type": "Accepted", "status": "True", "observedGeneration": 5},
+                {
+                    "type": "Accepted",
+                    "status": "False",
+                    "reason": "NotAllowedByListeners",
+                    "message": "no listener",
+                    "observedGeneration": 5,
+                },
+            ),
+            "parent Gateway/gw-1 does not accept it: NotAllowedByListeners: no listener",
+        ),
+    ],
+)
+def test_a_generation_its_parents_have_not_accepted_is_pending(
+    httproute: Body, status: Body, pending: str | None
+) -> None:
+    httproute["metadata"]["generation"] = 5
+    httproute["status"] = status
+    state = editor().parse(httproute)
+    assert state.pending == pending

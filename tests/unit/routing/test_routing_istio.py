@@ -253,3 +253,24 @@ async def test_missing_virtual_service() -> None:
     with pytest.raises(RouteNotFound, match="VirtualService ml/fraud-detector not found"):
         await r.observe()
     await r.finalize(A)  # nothing to release, no error
+
+
+def test_an_entry_without_destinations_is_refused_not_claimed(virtualservice: Body) -> None:
+    managed = virtualservice["spec"]["http"][1]
+    managed.pop("route")
+    managed["redirect"] = {"uri": "/v2/predict"}
+    with pytest.raises(
+        RoutingError, match=r"http\[1\] has no route\[\] destinations \(it has redirect\)"
+    ):
+        editor().render(virtualservice, DesiredRoutes(A, None, 0, 0))
+
+
+def test_role_service_hosts_are_ours_and_replaced_by_slots(virtualservice: Body) -> None:
+    managed = virtualservice["spec"]["http"][1]
+    managed["route"] = [{"destination": {"host": "fraud-detector-stable.ml.svc.cluster.local"}}]
+    state = editor().parse(virtualservice)
+    assert [(s.slot, s.role, s.percent) for s in state.shares] == [(None, "stable", 100)]
+    new = step(virtualservice, DesiredRoutes(B, None, 0, 0), editor())
+    assert [r["destination"]["host"] for r in new["spec"]["http"][1]["route"]] == [
+        "fraud-detector-b.ml.svc.cluster.local"
+    ]
