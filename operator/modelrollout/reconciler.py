@@ -277,6 +277,8 @@ class Reconciler:
         if router is not None and first and decision.status.phase is Phase.SUCCEEDED:
             decision = await self._read_back(body, spec, decision, router, observation, now)
         await self._write_status(body, before, decision.status)
+        if any(isinstance(a, EnsureSlot) for a in decision.actions):  # something runs
+            await self._point_roles(body, spec, decision.status)
         for action in rest:
             await self._do(body, spec, decision.status, action, router)
         if router is not None and any(isinstance(a, SetTraffic) for a in rest):
@@ -351,6 +353,17 @@ class Reconciler:
             # The notification speaks of the state just decided, not the one observed.
             current = {**body, "status": status.model_dump(mode="json", by_alias=True)}
             self.spawn(self.notifier(current, spec, action))
+
+    async def _point_roles(
+        self, body: dict[str, Any], spec: ModelRolloutSpec, status: ModelRolloutStatus
+    ) -> None:
+        """The role Services select the slots the committed status gives the roles."""
+        meta = body["metadata"]
+        try:
+            await self.kube.ensure_roles(body, spec, engine.role_slots(status))
+        except SlotNotOwned as exc:
+            key = (meta["namespace"], meta["name"])
+            self._refused[key] = (int(meta.get("generation") or 0), str(exc))
 
     async def _write_status(
         self, body: dict[str, Any], before: ModelRolloutStatus, after: ModelRolloutStatus

@@ -204,6 +204,9 @@ class _Cluster:
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
+    async def ensure_roles(self, owner: Any, spec: Any, roles: Any) -> bool:
+        return False
+
     async def ensure_slot(self, *_: Any) -> bool:
         self.creates += 1
         body = {

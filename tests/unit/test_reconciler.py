@@ -95,6 +95,10 @@ class World:
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.deployments.get(name)
 
+    async def ensure_roles(self, owner: Any, spec: Any, roles: Any) -> bool:
+        self.log.append(("roles", dict(roles)))
+        return False
+
     async def ensure_slot(
         self, owner: Any, spec: Any, slot: str, model: ModelRef, replicas: int
     ) -> bool:
@@ -186,6 +190,9 @@ async def test_entering_the_last_stage_and_promoting_in_one_tick_applies_only_th
     assert ("scale", ("a", 0)) in world.log
     assert world.kinds().index("status") < world.log.index(("scale", ("a", 0)))
     assert ("Normal", "Promoted") in events
+    # Both role Services follow the promotion before the old stable's pods go away.
+    roles = world.log.index(("roles", {"stable": "b", "canary": "b"}))
+    assert world.kinds().index("status") < roles < world.log.index(("scale", ("a", 0)))
 
 
 class ReadBack(World):

@@ -77,6 +77,7 @@ from modelrollout.engine.plan import (
     desired_slots,
     desired_traffic,
     gates_due,
+    role_slots,
     route_agrees,
     stage_checks,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "gates_due",
     "invalid_spec_status",
     "read_back",
+    "role_slots",
     "route_agrees",
     "stage_checks",
 ]

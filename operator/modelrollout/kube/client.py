@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, cast
 
 from kubernetes import client as k8s
@@ -23,7 +24,9 @@ from modelrollout.kube.workloads import (
     ANNOTATION_DIGEST,
     ANNOTATION_URI,
     ANNOTATION_VERSION,
+    ROLES,
     build_deployment,
+    build_role_service,
     build_service,
     slot_name,
 )
@@ -42,16 +45,19 @@ class SlotNotOwned(Exception):
 
 
 def check_owned(obj: dict[str, Any], owner: dict[str, Any], kind: str) -> None:
-    """Raise :class:`SlotNotOwned` unless ``obj`` is owned by the ModelRollout ``owner``."""
-    uid = owner["metadata"].get("uid")
+    """Raise :class:`SlotNotOwned` unless ``obj`` is owned by ``owner``: the ModelRollout
+    object, or an ownerReference to it."""
+    ident = owner.get("metadata") or owner
+    uid = ident.get("uid")
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     if uid and any(ref.get("uid") == uid for ref in refs):
         return
     meta = obj.get("metadata") or {}
+    where = meta.get("namespace") or ident.get("namespace")
     raise SlotNotOwned(
-        f"{kind} {meta.get('namespace', owner['metadata']['namespace'])}/{meta.get('name')} "
-        f"exists and is not owned by ModelRollout {owner['metadata']['name']}; the operator "
-        "does not take over objects it did not create: delete or rename it"
+        f"{kind} {where + '/' if where else ''}{meta.get('name')} exists and is not owned by "
+        f"ModelRollout {ident.get('name')}; the operator does not take over objects it did not "
+        "create: delete or rename it"
     )
 
 
@@ -179,7 +185,7 @@ class KubeClient:
         """
         namespace = owner["metadata"]["namespace"]
         name = slot_name(owner["metadata"]["name"], slot)
-        wrote = await self._ensure_service(owner, spec, slot)
+        wrote = await self._ensure_service(owner, build_service(owner, spec, slot))
         current = await self.get_deployment(namespace, name, confirm_absence=True)
         wanted = build_deployment(owner, spec, slot, model, replicas)
 
@@ -218,11 +224,19 @@ class KubeClient:
             return True
         return wrote
 
-    async def _ensure_service(
-        self, owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot
+    async def ensure_roles(
+        self, owner: dict[str, Any], spec: ModelRolloutSpec, roles: Mapping[str, Slot]
     ) -> bool:
+        """Point each role Service (``<name>-stable``, ``<name>-canary``) at its slot's pods;
+        True when anything was written. From the cache, a role already in place costs no call."""
+        wrote = False
+        for role in ROLES:
+            wanted = build_role_service(owner, spec, role, roles[role])
+            wrote = await self._ensure_service(owner, wanted) or wrote
+        return wrote
+
+    async def _ensure_service(self, owner: dict[str, Any], wanted: dict[str, Any]) -> bool:
         namespace = owner["metadata"]["namespace"]
-        wanted = build_service(owner, spec, slot)
         name = wanted["metadata"]["name"]
         if self.cache is not None:
             cached = self.cache.get(SERVICES, namespace, name)

@@ -137,19 +137,44 @@ def build_deployment(
     }
 
 
+LABEL_ROLE = f"{GROUP}/role"
+
+
 def build_service(owner: dict[str, Any], spec: ModelRolloutSpec, slot: Slot) -> dict[str, Any]:
+    """The slot's own Service ``<name>-<slot>``: the managed route's backends."""
     rollout = owner["metadata"]["name"]
+    labels = selector_labels(rollout, slot)
+    return _service(owner, spec, slot_name(rollout, slot), labels, selector_labels(rollout, slot))
+
+
+def build_role_service(
+    owner: dict[str, Any], spec: ModelRolloutSpec, role: Role, slot: Slot
+) -> dict[str, Any]:
+    """The role Service ``<name>-<role>``, selecting the pods of the slot in that role now."""
+    rollout = owner["metadata"]["name"]
+    labels = {LABEL_ROLLOUT: rollout, LABEL_ROLE: role}
+    name = role_service_name(rollout, role)
+    return _service(owner, spec, name, labels, selector_labels(rollout, slot))
+
+
+def _service(
+    owner: dict[str, Any],
+    spec: ModelRolloutSpec,
+    name: str,
+    labels: dict[str, str],
+    selector: dict[str, str],
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": slot_name(rollout, slot),
+            "name": name,
             "namespace": owner["metadata"]["namespace"],
-            "labels": {**MANAGED_BY, **selector_labels(rollout, slot)},
+            "labels": {**MANAGED_BY, **labels},
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": {
-            "selector": selector_labels(rollout, slot),
+            "selector": selector,
             "ports": [
                 {
                     "name": "http",

@@ -41,6 +41,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelrollout.api.models import GROUP, ReplicaRatioRouting
 from modelrollout.engine.types import RouteState
+from modelrollout.kube.client import SlotNotOwned, check_owned
 from modelrollout.kube.workloads import LABEL_ROLLOUT, MANAGED_BY, owner_reference
 from modelrollout.routing._common import check_desired_services, route_state, slot_services
 from modelrollout.routing.base import DesiredRoutes, RoutingError
@@ -76,19 +77,6 @@ def split_replicas(total: int, weight: int) -> tuple[int, int]:
 
 class NotOwned(RoutingError):
     """An object the router would write belongs to someone else."""
-
-
-def check_owner(obj: Body, owner: Body | None, what: str) -> None:
-    """Refuse ``obj`` unless ``owner`` (the ModelRollout, or its ownerReference) owns it."""
-    if owner is None:
-        return
-    uid = (owner.get("metadata") or {}).get("uid") if "metadata" in owner else owner.get("uid")
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    if uid and not any(r.get("uid") == uid for r in refs):
-        raise NotOwned(
-            f"{what} exists and is not owned by this ModelRollout; replica-ratio routing would "
-            "scale or rewrite it. Rename the rollout, or delete or rename that object"
-        )
 
 
 # ---------------------------------------------------------------------- pure part
@@ -172,12 +160,17 @@ class ReplicaPlanner:
 
     def check_owned(self, snapshot: Snapshot) -> None:
         """Every object of the snapshot that exists must be this rollout's."""
-        where = self.namespace
-        if snapshot.service is not None:
-            check_owner(snapshot.service, self.owner, f"Service {where}/{self.service_name}")
-        for name, deployment in snapshot.deployments.items():
-            if deployment is not None:
-                check_owner(deployment, self.owner, f"Deployment {where}/{name}")
+        if self.owner is None:
+            return
+        found = [("Service", snapshot.service)]
+        found += [("Deployment", d) for d in snapshot.deployments.values()]
+        for kind, obj in found:
+            if obj is None:
+                continue
+            try:
+                check_owned(obj, self.owner, kind)
+            except SlotNotOwned as exc:
+                raise NotOwned(f"replica-ratio routing would scale or rewrite it: {exc}") from exc
 
     def check_service(self, service: Body) -> None:
         selector = (service.get("spec") or {}).get("selector")

@@ -15,6 +15,7 @@ from modelrollout.kube.client import KubeClient
 from modelrollout.kube.workloads import (
     ANNOTATION_VERSION,
     LABEL_ROLLOUT,
+    build_role_service,
     build_service,
     readiness_changed,
     slot_state,
@@ -457,7 +458,7 @@ async def test_a_cached_service_that_matches_needs_no_request_one_that_differs_i
     cache._stores[SERVICES][("ns", "m-a")] = {**wanted, "metadata": wanted["metadata"]}
     kube = KubeClient(k8s.ApiClient(), cache)
     kube.core.read_namespaced_service = Refused()  # type: ignore[method-assign]
-    assert await kube._ensure_service(OWNER, spec(), "a") is False
+    assert await kube._ensure_service(OWNER, wanted) is False
 
     stale = json.loads(json.dumps(wanted))
     stale["spec"]["selector"] = {"old": "selector"}
@@ -473,7 +474,7 @@ async def test_a_cached_service_that_matches_needs_no_request_one_that_differs_i
 
     kube.core.read_namespaced_service = read  # type: ignore[method-assign]
     kube.core.patch_namespaced_service = patch  # type: ignore[method-assign]
-    assert await kube._ensure_service(OWNER, spec(), "a") is True
+    assert await kube._ensure_service(OWNER, wanted) is True
     assert patched[0]["spec"]["selector"] == wanted["spec"]["selector"]
 
 
@@ -586,3 +587,31 @@ def test_a_status_write_reports_the_new_resource_version_from_the_answers_head()
     response = Answer()
     assert _resource_version_of(response) == "4711"
     assert response.drained
+
+
+async def test_role_services_follow_the_slots_and_cost_no_call_once_in_place() -> None:
+    """``<name>-stable`` and ``<name>-canary`` select the pods of the slot in that role; a
+    role switch rewrites the selector, an unchanged role is answered from the cache."""
+    cache = live_cache()
+    for role, slot in (("stable", "a"), ("canary", "b")):
+        built = build_role_service(OWNER, spec(), role, slot)
+        cache._stores[SERVICES][("ns", f"m-{role}")] = built
+    kube = KubeClient(k8s.ApiClient(), cache)
+    kube.core.read_namespaced_service = Refused()  # type: ignore[method-assign]
+    assert await kube.ensure_roles(OWNER, spec(), {"stable": "a", "canary": "b"}) is False
+
+    patched: list[Any] = []
+
+    def read(name: str, namespace: str, **_: Any) -> FakeResponse:
+        return FakeResponse(cache._stores[SERVICES][(namespace, name)])
+
+    def patch(name: str, namespace: str, body: Any, **_: Any) -> FakeResponse:
+        patched.append((name, body["spec"]["selector"]))
+        return FakeResponse({})
+
+    kube.core.read_namespaced_service = read  # type: ignore[method-assign]
+    kube.core.patch_namespaced_service = patch  # type: ignore[method-assign]
+    # promotion: b is stable, and with no candidate the canary Service selects it too
+    assert await kube.ensure_roles(OWNER, spec(), {"stable": "b", "canary": "b"}) is True
+    slot_b = {"modelrollout.dev/rollout": "m", "modelrollout.dev/slot": "b"}
+    assert patched == [("m-stable", slot_b)]

@@ -40,9 +40,7 @@ class Writes(KubeClient):
     ) -> dict[str, Any] | None:
         return self.deployment
 
-    async def _ensure_service(
-        self, owner: dict[str, Any], spec: ModelRolloutSpec, slot: Any
-    ) -> bool:
+    async def _ensure_service(self, owner: dict[str, Any], wanted: dict[str, Any]) -> bool:
         return False
 
 
