@@ -88,11 +88,11 @@ async def run_stages(router: Any, api: client.CustomObjectsApi, ref: Any, strip:
     for name, desired, (stable, candidate, mirror) in STAGES:
         assert await router.apply(desired) is True, name
         state = await router.observe()
-        assert (state.stable_weight, state.candidate_weight, state.mirror) == (
-            stable,
-            candidate,
-            mirror,
-        ), name
+        assert (
+            state.percent_to(desired.stable_service[-1]),
+            state.percent_to(desired.candidate_service[-1]) if desired.candidate_service else 0,
+            state.mirror,
+        ) == (stable, candidate, mirror), name
         assert await router.verify(desired), name
         # what the server stored (after defaulting and pruning) is a fixed point
         assert await router.apply(desired) is False, name
@@ -127,7 +127,7 @@ async def test_httproute_stages_keep_user_rules(kube_api: Any, namespace: str) -
     assert (await router.observe()).mirror == 5
     await router.finalize(B)
     state = await router.observe()
-    assert (state.stable_weight, state.candidate_weight, state.mirror) == (100, 0, 0)
+    assert (state.percent_to("b"), state.percent_to("a"), state.mirror) == (100, 0, 0)
 
 
 async def test_virtualservice_stages_keep_user_routes(kube_api: Any, namespace: str) -> None:
@@ -186,4 +186,4 @@ async def test_stale_write_is_a_conflict_the_router_retries(kube_api: Any, names
     assert await router.apply(DesiredRoutes(A, B, 5, 0)) is True
     stored = await router.read()
     assert stored["spec"]["hostnames"] == ["fraud.example.com"]
-    assert (await router.observe()).candidate_weight == 5
+    assert (await router.observe()).percent_to("b") == 5
