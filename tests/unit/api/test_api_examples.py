@@ -72,3 +72,27 @@ def test_replica_ratio_example_has_no_shadow_stage() -> None:
     spec = check(rollout)
     assert spec.traffic_routing.kind == "replicas"
     assert all(stage.mirror == 0 for stage in spec.stages)
+
+
+EVERY_EXAMPLE = sorted(EXAMPLES_DIR.rglob("*.yaml"))
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("example", EVERY_EXAMPLE, ids=lambda p: str(p.relative_to(EXAMPLES_DIR)))
+def test_no_example_names_a_slot_service(example: Path) -> None:
+    """Slots swap roles at every promotion: an entry naming <rollout>-a breaks at the first
+    one. Examples name the role Services (<rollout>-stable, <rollout>-canary) instead."""
+    docs = _docs(example)
+    values = [s for doc in docs for s in _strings(doc)]
+    for rollout in (d for d in docs if d.get("kind") == "ModelRollout"):
+        name = rollout["metadata"]["name"]
+        slots = {f"{name}-a", f"{name}-b"}
+        named = [v for v in values if v in slots or v.split(".")[0] in slots]
+        assert named == [], f"{example.name} names slot Services {named}"

@@ -11,7 +11,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from modelrollout.api.models import ModelRollout
-from modelrollout.kube.workloads import slot_name
+from modelrollout.kube.workloads import role_service_name
 from tests.unit.chart.helm import REPO
 from tests.unit.chart.rendering import CHART, FULLNAME, Render, only
 
@@ -79,7 +79,8 @@ def test_example_rollout_is_valid_and_its_route_matches() -> None:
     assert route["metadata"]["namespace"] == rollout["metadata"]["namespace"]
     assert route["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/ssa"] == "IfNotPresent"
     backends = route["spec"]["rules"][gateway.rule_index]["backendRefs"]
-    assert backends[0]["name"] == slot_name(rollout["metadata"]["name"], "a")
+    # the role Service of the stable version: right before, between and after rollouts
+    assert backends[0]["name"] == role_service_name(rollout["metadata"]["name"], "stable")
     assert backends[0]["port"] == model.spec.service.port
 
 
