@@ -84,15 +84,22 @@ def test_a_route_reapplied_as_first_written_after_a_promotion_is_put_back_and_re
     custom = k8s.CustomObjectsApi(kube_api)
     current = read_route(kube_api, namespace, "gatewayAPI", name)
     reapplied = {**httproute(name), "metadata": current["metadata"]}
-    custom.replace_namespaced_custom_object(*GW[:2], namespace, GW[2], name, reapplied)
-    assert backend_names(read_route(kube_api, namespace, "gatewayAPI", name)) == [f"{name}-a"]
+    written = custom.replace_namespaced_custom_object(*GW[:2], namespace, GW[2], name, reapplied)
+    assert backend_names(written) == [f"{name}-a"]  # what the apply stored, for a moment
 
     wait_for(
         "the operator to point the route back at the stable slot b",
         lambda: backend_names(read_route(kube_api, namespace, "gatewayAPI", name)) == [f"{name}-b"],
         timeout=20,
     )
-    status = rollouts.wait_phase(name, "Succeeded", timeout=30)
+
+    # the route goes back first, the decision's record follows in the status write
+    def recorded() -> dict[str, Any] | None:
+        status = rollouts.status(name)
+        return status if history_of(status, "RouteCorrected") else None
+
+    status = wait_for("the correction in the audit trail", recorded, timeout=20)
+    assert status["phase"] == "Succeeded"
     (entry,) = history_of(status, "RouteCorrected")
     assert f"{name}-a 100%" in entry["reason"] and "restored to slot b 100%" in entry["reason"]
     assert "RouteCorrected" in {e.reason for e in rollouts.events(name)}
@@ -306,3 +313,69 @@ def test_role_services_keep_what_users_wrote_outside_the_managed_rule_working(
     stored = read_route(kube_api, namespace, "istio", name)["spec"]["http"][0]
     assert stored == copy.deepcopy(health)
     gateway.stop_load(namespace, "istio", name)
+
+
+def test_a_split_that_never_reached_the_candidate_holds_the_rollout_until_it_does(
+    rollouts: Rollouts,
+    operator: OperatorProcess,
+    kube_api: k8s.ApiClient,
+    namespace: str,
+    gateway: Gateway,
+) -> None:
+    """The route says 25%, but users come in through another route (to <name>-stable): the
+    config was written, the traffic never arrived. The built-in traffic-split check sees it
+    in the request counts, the rollout holds instead of promoting, and once users come
+    through the managed route the observed split is shown and the rollout goes on."""
+    name = "unseen"
+    create_route(kube_api, namespace, "gatewayAPI", name)
+    users = httproute(f"{name}-users")
+    users["spec"]["rules"] = [{"backendRefs": [{"name": f"{name}-stable", "port": 8080}]}]
+    k8s.CustomObjectsApi(kube_api).create_namespaced_custom_object(*GW[:2], namespace, GW[2], users)
+    always = [{"name": "always", "query": "vector(0)", "max": 1}]  # passes without traffic
+
+    def manifest(version: str) -> dict[str, Any]:
+        return rollout_manifest(
+            name,
+            version,
+            stages=[
+                {"name": "canary-25", "weight": 25, "duration": "4s"},
+                {"name": "full", "weight": 100},
+            ],
+            metrics=always,
+            inconclusive_limit=2,
+            extra_spec={},
+        )
+
+    rollouts.apply(manifest("1.0.0"))
+    rollouts.wait_phase(name, "Succeeded", timeout=90)
+    gateway.start_load(namespace, "gatewayAPI", f"{name}-users", rps=40)
+    body = manifest("2.0.0")
+    body["spec"]["analysis"]["trafficCheck"] = {"minRequests": 50}
+    rollouts.apply(body)
+
+    def split_result(status: dict[str, Any]) -> dict[str, Any]:
+        results = (status.get("analysis") or {}).get("results") or []
+        return next((r for r in results if r["name"] == "traffic-split"), {})
+
+    def stalled() -> dict[str, Any] | None:
+        status = rollouts.status(name)
+        held = any(
+            c["type"] == "Stalled" and c["status"] == "True" for c in status.get("conditions") or []
+        )
+        return status if held and split_result(status).get("verdict") == "Inconclusive" else None
+
+    status = wait_for("the rollout to hold on the unseen split", stalled, timeout=90)
+    assert "traffic split not observed: expected 25%, saw 0%" in split_result(status)["message"]
+    assert status["stableVersion"] == "1.0.0" and status["stage"]["name"] == "canary-25"
+
+    # Users now come through the managed route: the split is seen and the rollout promotes.
+    gateway.stop_load(namespace, "gatewayAPI", f"{name}-users")
+    gateway.start_load(namespace, "gatewayAPI", name, rps=40)
+
+    status = promoted_to(rollouts, name, "2.0.0")
+    # The run that ended canary-25 saw the split, recorded with the step it decided.
+    (entered,) = [e for e in history_of(status, "StageEntered") if e.get("to") == "full"]
+    (seen,) = [m for m in entered["metrics"] if m["name"] == "traffic-split"]
+    assert seen["verdict"] == "Successful" and 0.1 < seen["value"] < 0.4, seen
+    assert "observed" in seen["message"] and "expected 25%" in seen["message"]
+    gateway.stop_load(namespace, "gatewayAPI", name)

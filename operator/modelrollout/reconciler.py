@@ -472,6 +472,9 @@ class Reconciler:
             stage=status.stage.name if status.stage else "",
             version=status.candidate.version if status.candidate else spec.model.version,
             interval=parse_duration(spec.analysis.interval),
+            weight=_live_weight(spec, status),
+            mirror=status.stage.mirror if status.stage else 0,
+            traffic=spec.analysis.traffic_check,
         )
         return await metric_analysis.run_checks(
             checks, ctx, provider, now, status.stage.ready_at if status.stage else None
@@ -506,6 +509,15 @@ class Reconciler:
         new = engine.invalid_spec_status(status, problems, generation, now)
         if await self._write_status(body, status, new) and new.message != status.message:
             self.post_event(body, "Warning", "InvalidSpec", new.message)
+
+
+def _live_weight(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> float:
+    """The candidate's share of live traffic the stage asks for; under replica-ratio routing
+    the share of ready pods, which is what replica counts can express."""
+    actual = status.weights.actual_candidate
+    if spec.traffic_routing.replicas is not None and actual is not None:
+        return actual
+    return status.stage.weight if status.stage else 0
 
 
 def desired_routes(rollout: str, traffic: SetTraffic) -> DesiredRoutes:

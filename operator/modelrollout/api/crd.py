@@ -42,7 +42,8 @@ CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 
 MAX_NAME_LENGTH: Final = 52
 """Longest ModelRollout name: the Services and Deployments derived from it (``<name>-a``,
-``<name>-b``, ``<name>-stable``, ``<name>-canary``) must stay DNS-1035 labels of at most 63 characters."""
+``<name>-b``, ``<name>-stable``, ``<name>-canary``) must stay DNS-1035 labels of at most 63
+characters."""
 NAME_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 HEADER: Final = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import durationpy
 from pydantic import (
@@ -402,6 +402,7 @@ class MetricTemplate(StrEnum):
     LATENCY_P99 = "latency-p99"
     PREDICTION_PSI = "prediction-psi"
     REQUEST_RATE = "request-rate"
+    TRAFFIC_SPLIT = "traffic-split"
 
 
 class MetricCheck(_Wire):
@@ -466,6 +467,40 @@ class InconclusivePolicy(StrEnum):
     ROLLBACK = "Rollback"
 
 
+TRAFFIC_CHECK_NAME: Final = "traffic-split"
+
+
+class TrafficCheckSpec(_Wire):
+    """Whether the traffic a stage asks for really reached the candidate, measured from the
+    model servers' request counters per Service over the analysis window."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Add the check traffic-split to every stage with weight or mirror that has checks: "
+            "Inconclusive when the candidate's observed share is off the stage's."
+        ),
+    )
+    tolerance: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Allowed deviation, relative to the expected share (0.5: at 5% anything from 2.5% "
+            "to 7.5%); never tighter than four binomial standard deviations at the count seen."
+        ),
+    )
+    min_requests: int = Field(
+        default=200,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "Requests (both sides, over the window) needed to tell; fewer is too little to "
+            "judge the split and counts as Successful."
+        ),
+    )
+
+
 class AnalysisSpec(_Wire):
     """How the candidate is judged at every step."""
 
@@ -508,6 +543,10 @@ class AnalysisSpec(_Wire):
         max_length=64,
         description="The checks; none means time-based stages only. Names are unique.",
         json_schema_extra=_LIST_MAP_BY_NAME,
+    )
+    traffic_check: TrafficCheckSpec = Field(
+        default_factory=TrafficCheckSpec,
+        description="Verify that each stage's traffic split really reached the candidate.",
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from modelrollout.api.models import (
+    TRAFFIC_CHECK_NAME,
     MetricCheck,
+    MetricTemplate,
     ModelIdentity,
     ModelRef,
     ModelRolloutSpec,
@@ -62,8 +64,26 @@ def current_stage(spec: ModelRolloutSpec, status: ModelRolloutStatus) -> Stage |
 
 
 def stage_checks(spec: ModelRolloutSpec, stage_name: str) -> list[MetricCheck]:
-    """The checks that apply to a stage (``stages`` omitted = every stage), in spec order."""
-    return [m for m in spec.analysis.metrics if m.stages is None or stage_name in m.stages]
+    """The checks that apply to a stage (``stages`` omitted = every stage), in spec order,
+    and last the built-in ``traffic-split`` (:data:`TRAFFIC_CHECK`): where a stage sends the
+    candidate traffic and is analysed anyway, whether that traffic really reached it. A stage
+    without checks is judged by time alone, and needs no Prometheus."""
+    checks = [m for m in spec.analysis.metrics if m.stages is None or stage_name in m.stages]
+    stage = next((s for s in spec.stages if s.name == stage_name), None)
+    names = {c.name for c in checks}
+    if (
+        checks
+        and spec.analysis.traffic_check.enabled
+        and stage is not None
+        and (stage.weight or stage.mirror)
+        and TRAFFIC_CHECK.name not in names
+    ):
+        checks.append(TRAFFIC_CHECK)
+    return checks
+
+
+TRAFFIC_CHECK = MetricCheck(name=TRAFFIC_CHECK_NAME, template=MetricTemplate.TRAFFIC_SPLIT)
+"""The built-in check that the split a stage asks for is the split observed."""
 
 
 # --------------------------------------------------------------------- analysis and timing

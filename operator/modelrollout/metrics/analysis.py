@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from modelrollout.api.models import (
     MetricCheck,
     MetricResult,
     MetricTemplate,
+    TrafficCheckSpec,
     Verdict,
     parse_duration,
 )
-from modelrollout.metrics.base import MetricProvider, VectorProvider
+from modelrollout.metrics.base import MetricProvider, ProviderError, VectorProvider
 from modelrollout.metrics.templates import (
     BUILTIN_QUERIES,
     TemplateError,
@@ -36,6 +37,7 @@ from modelrollout.metrics.templates import (
     render,
     validate_query,
 )
+from modelrollout.metrics.traffic import count, judge_traffic, traffic_bound
 from modelrollout.metrics.verdicts import (
     Judgement,
     compare_bound,
@@ -63,6 +65,10 @@ class QueryContext:
     stage: str
     version: str  # the candidate's model version
     interval: timedelta  # the analysis interval
+    # What the stage sends the candidate, in percent of live traffic (traffic-split check)
+    weight: float = 0
+    mirror: float = 0
+    traffic: TrafficCheckSpec = field(default_factory=TrafficCheckSpec)
 
     def variables(self, target: str, interval: timedelta | None = None) -> dict[str, str]:
         """Template variables with ``target``/``service`` set to the side under test."""
@@ -100,6 +106,12 @@ def validate_check(check: MetricCheck) -> None:
             raise ValueError(
                 f"check {name!r}: prediction-psi already compares candidate and stable; "
                 "judge it with max (e.g. max: 0.2), not compare"
+            )
+    elif check.template is MetricTemplate.TRAFFIC_SPLIT:
+        if check.min is not None or check.max is not None:
+            raise ValueError(
+                f"check {name!r}: traffic-split is judged against the stage's weight and "
+                "mirror (spec.analysis.trafficCheck), not min/max"
             )
     elif check.min is None and check.max is None:
         raise ValueError(f"check {name!r}: set min, max or compare")
@@ -175,6 +187,9 @@ async def _judge(
         )
         return judge_comparison(cand, stab, spec), compare_bound(spec), cand_query
 
+    if check.template is MetricTemplate.TRAFFIC_SPLIT:
+        return await _judge_traffic(template, ctx, provider, now, stage_ready_at)
+
     bound = threshold_bound(check.min, check.max)
     if check.template is MetricTemplate.PREDICTION_PSI:
         window = analysis_window(now, stage_ready_at, ctx.interval)
@@ -192,6 +207,30 @@ async def _judge(
     cand_query = render(template, ctx.variables(ctx.candidate_service, own_window))
     outcome = await provider.query(cand_query, now)
     return judge_threshold(outcome, check.min, check.max), bound, cand_query
+
+
+async def _judge_traffic(
+    template: str,
+    ctx: QueryContext,
+    provider: MetricProvider,
+    now: datetime,
+    stage_ready_at: datetime | None,
+) -> tuple[Judgement, str, str]:
+    """Requests each side answered over the stage's own window, against the stage's split."""
+    window = rate_window(now, stage_ready_at, ctx.interval)
+    cand_query = render(template, ctx.variables(ctx.candidate_service, window))
+    stab_query = render(template, ctx.variables(ctx.stable_service, window))
+    outcomes = await asyncio.gather(
+        provider.query(cand_query, now), provider.query(stab_query, now)
+    )
+    candidate, stable = (count(o) for o in outcomes)
+    bound = traffic_bound(ctx.weight, ctx.mirror, ctx.traffic)
+    for side in (candidate, stable):
+        if isinstance(side, ProviderError):
+            return Judgement(Verdict.ERROR, f"provider error: {side.reason}"), bound, cand_query
+    assert isinstance(candidate, float) and isinstance(stable, float)
+    judged = judge_traffic(candidate, stable, ctx.weight, ctx.mirror, ctx.traffic)
+    return judged, bound, cand_query
 
 
 async def run_check(

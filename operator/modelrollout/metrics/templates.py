@@ -221,6 +221,10 @@ BUILTIN_QUERIES: dict[MetricTemplate, str] = {
     MetricTemplate.REQUEST_RATE: (
         f"sum(rate(model_requests_total{{{_SELECTOR}}}[{{{{ interval }}}}]))"
     ),
+    # Requests one side answered over the window; judged against the other side's count.
+    MetricTemplate.TRAFFIC_SPLIT: (
+        f"sum(increase(model_requests_total{{{_SELECTOR}}}[{{{{ interval }}}}]))"
+    ),
     # Cumulative bucket counts observed over the window (here {{ interval }} is the window),
     # one series per le; the PSI itself is computed from the candidate's and the stable's.
     MetricTemplate.PREDICTION_PSI: (

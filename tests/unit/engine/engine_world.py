@@ -69,6 +69,9 @@ def make_spec(version: str = "2.0.0", **extra: Any) -> ModelRolloutSpec:
         "progressDeadline": "10m",
     }
     raw.update(extra)
+    # The built-in traffic-split check has cases of its own (test_engine_plan.py, the table's
+    # "traffic:" rows, which enable it); elsewhere only the checks a case names are due.
+    raw["analysis"] = {"trafficCheck": {"enabled": False}, **raw["analysis"]}
     return ModelRolloutSpec.model_validate(raw)
 
 

@@ -83,6 +83,29 @@ def test_checks_only_run_in_the_stages_they_name() -> None:
     assert names(engine.checks_due(spec, rolling(2), at(minutes=1))) == ["error-rate", "p99"]
 
 
+def test_the_traffic_split_check_is_due_wherever_an_analysed_stage_sends_traffic() -> None:
+    """Built in: last in every analysed stage with weight or mirror; not in a stage without
+    checks (judged by time, maybe with no Prometheus at all); not when turned off; a check the
+    user named traffic-split stands instead of it."""
+    metrics = [
+        {"name": "error-rate", "template": "error-rate", "max": 0.01, "stages": ["canary-5"]},
+    ]
+    spec = make_spec("2.0.0", analysis={"interval": "1m", "metrics": metrics, "trafficCheck": {}})
+    assert names(engine.checks_due(spec, rolling(1), at(minutes=1))) == [
+        "error-rate",
+        "traffic-split",
+    ]
+    assert engine.checks_due(spec, rolling(0), at(minutes=1)) == []  # shadow: no checks here
+    off = {"interval": "1m", "metrics": metrics, "trafficCheck": {"enabled": False}}
+    assert names(
+        engine.checks_due(make_spec("2.0.0", analysis=off), rolling(1), at(minutes=1))
+    ) == ["error-rate"]
+    own = [*metrics, {"name": "traffic-split", "template": "traffic-split", "stages": ["canary-5"]}]
+    mine = make_spec("2.0.0", analysis={"interval": "1m", "metrics": own, "trafficCheck": {}})
+    due = engine.checks_due(mine, rolling(1), at(minutes=1))
+    assert names(due) == ["error-rate", "traffic-split"] and due[1].stages == ["canary-5"]
+
+
 def test_a_zero_interval_is_not_always_due() -> None:
     spec = make_spec(
         "2.0.0", analysis={"interval": "0s", "metrics": [{"name": "e", "max": 1, "query": "up"}]}
