@@ -560,13 +560,9 @@ class ModelRolloutSpec(_Wire):
     )
     template: dict[str, Any] = Field(
         description=(
-            "The model server's PodTemplateSpec. The operator injects MODEL_NAME, MODEL_VERSION, "
-            "MODEL_URI and MODEL_DIGEST into every container and adds its own labels."
+            "The model server's PodTemplateSpec. Its CRD schema is Kubernetes' own, generated "
+            "from the OpenAPI definition (modelrollout.api.podtemplate_gen)."
         ),
-        json_schema_extra={
-            "x-kubernetes-preserve-unknown-fields": True,
-            "x-kubernetes-embedded-resource": False,
-        },
     )
     service: ServiceSpec = Field(
         default_factory=ServiceSpec, description="The model server's port."
