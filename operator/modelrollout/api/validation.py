@@ -223,7 +223,7 @@ def format_errors(exc: ValidationError, prefix: str = "spec") -> list[str]:
     return [str(p) for p in problems_from_pydantic(exc, prefix)]
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
+def deeper_than(value: Any, limit: int) -> bool:
     """Whether ``value`` nests objects and lists more than ``limit`` levels (a scalar is 0).
     Iterative: a value too deep for the interpreter's stack is measured like any other."""
     pending: list[tuple[Any, int]] = [(value, 1)]
@@ -246,7 +246,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelRolloutSpec:
 
     Raises :class:`InvalidModelRollout` with one problem per bad field.
     """
-    deep = [key for key, value in spec.items() if _deeper_than(value, MAX_SPEC_DEPTH - 1)]
+    deep = [key for key, value in spec.items() if deeper_than(value, MAX_SPEC_DEPTH - 1)]
     if deep:
         raise InvalidModelRollout(
             [
