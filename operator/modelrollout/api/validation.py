@@ -129,6 +129,8 @@ def _format_path(prefix: str, loc: Sequence[int | str]) -> str:
 
 
 def _show(value: Any) -> str:
+    if deeper_than(value, 4):
+        return _kind_of(value)  # too big to quote (and maybe too deep to encode)
     text = json.dumps(value, default=str, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -209,6 +209,10 @@ def decode_event(line: str | bytes, report: Report) -> Any:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
         return _salvage_event(_bytes(line), report)
+    return _checked_event(event, report)
+
+
+def _checked_event(event: Any, report: Report) -> Any:
     obj = event.get("object") if isinstance(event, dict) else None
     if isinstance(obj, dict):
         reason = _too_deep(obj)
@@ -222,6 +226,8 @@ def _salvage_event(raw: bytes, report: Report) -> Any:
     try:
         start = _skip_ws(raw, 0)
         event, failed = _members(raw, start, len(raw.rstrip()))
+        if not failed:  # too deep as a whole, not member by member
+            return _checked_event(event, report)
         if failed != ["object"]:
             raise _Bad(f"undecodable members {failed}")
         for key, value_start, value_end in _parts(raw, start):
@@ -263,6 +269,8 @@ def decode_document(text: str | bytes, report: Report) -> Any:
         raise orjson.JSONDecodeError("not a JSON object", raw.decode(errors="replace"), 0)
     try:
         body, failed = _members(raw, start, len(raw.rstrip()))
+        if not failed:  # too deep as a whole, not member by member
+            return _checked(body, report)
         if failed == ["items"]:
             body["items"] = list(_items(raw, start, body, report))
             return _checked(body, report)
