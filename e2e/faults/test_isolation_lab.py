@@ -188,6 +188,7 @@ def test_deep_objects_and_a_250_kib_spec_of_one_tenant_stop_no_one(
             "spec_bytes": BIG_SPEC_BYTES,
             "big_spec": "Succeeded",
             "other_tenant": "promoted 2.0.0 (watch), then 3.0.0 after a restart (list)",
+            "healthz_polls": health.polls,
             "healthz_failures": health.failures,
         },
     )
