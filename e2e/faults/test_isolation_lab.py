@@ -9,6 +9,7 @@
   between it and the lab's apiserver), and with its event loop blocked (a signal handler that
   sleeps, installed by a sitecustomize on its PYTHONPATH), /healthz answers 503 saying why and
   the process exits with status 70 instead of idling.
+- The committed source of spec.template's schema is the lab apiserver's own /openapi/v2.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from e2e.faults.test_bad_input_lab import HealthWatch
 from e2e.harness import GROUP, PLURAL, VERSION, OperatorProcess, Rollouts, wait_for
 from e2e.lab.controlplane import Lab
 from e2e.scenarios.support import create_route, rollout_manifest
+from modelrollout.api import podtemplate_gen
 from modelrollout.health import EXIT_UNHEALTHY
 from modelrollout.kube.decoding import decode_document
 from tests.bad_input.deep import DEPTH, nested
@@ -310,3 +312,19 @@ def test_healthz_fails_and_the_operator_exits_when_its_event_loop_is_blocked(
     finally:
         op.stop()
     record(crd, "healthz-loop-blocked", {"healthz": why.strip(), "exit": EXIT_UNHEALTHY})
+
+
+def test_the_pod_template_schema_is_the_lab_apiservers_own(crd: Lab) -> None:
+    """The committed source of spec.template's schema is what the running apiserver serves
+    (/openapi/v2), and the CRD it is part of is installed and served by it."""
+    answer = httpx.get(
+        f"{crd.apiserver_url}/openapi/v2",
+        headers={"Authorization": f"Bearer {crd.admin_token}"},
+        verify=ssl.create_default_context(cafile=str(crd.ca_file)),
+        timeout=60,
+    )
+    answer.raise_for_status()
+    served = podtemplate_gen.closure(answer.json()["definitions"])
+    committed = json.loads(podtemplate_gen.SOURCE_FILE.read_text())["definitions"]
+    assert served == committed
+    assert podtemplate_gen.generate(served) == json.loads(podtemplate_gen.SCHEMA_FILE.read_text())
