@@ -141,29 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
         "this long after the active replica died (default 60)",
     )
     defaults = Limits()
-    for flag, default, what in (
-        ("--liveness-loop-stall", defaults.loop_stall_s, "the event loop may be blocked"),
-        ("--liveness-watch-down", defaults.watch_down_s, "a watch may fail to reconnect"),
-        (
-            "--liveness-reconcile-stall",
-            defaults.reconcile_stall_s,
-            "work may be due with no reconcile completing",
-        ),
-        (
-            "--liveness-exit-after",
-            defaults.exit_after_s,
-            "the operator may stay unhealthy before it exits (0: never)",
-        ),
-    ):
+    for flag, default, help_text in (
+        ("--liveness-loop-stall", defaults.loop_stall_s,
+         "/healthz fails when the event loop has been blocked this long"),
+        ("--liveness-watch-down", defaults.watch_down_s,
+         "/healthz fails when a watch has failed to reconnect for this long"),
+        ("--liveness-reconcile-stall", defaults.reconcile_stall_s,
+         "/healthz fails when work has been due this long with no reconcile completing"),
+        ("--liveness-exit-after", defaults.exit_after_s,
+         "the operator exits (status 70) once /healthz has failed this long; 0: never"),
+    ):  # fmt: skip
         run.add_argument(
-            flag,
-            type=_seconds,
-            default=default,
-            metavar="SECONDS",
-            help=f"how long {what} before /healthz fails (default {default:g})"
-            if "exit" not in flag
-            else f"how long {what} (default {default:g})",
-        )
+            flag, type=_seconds, default=default, metavar="SECONDS",
+            help=f"{help_text} (default {default:g})",
+        )  # fmt: skip
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--history-limit", type=int, default=100, help="audit entries kept in status")
     run.add_argument(
