@@ -6,7 +6,8 @@
   A and B, sees them through its watch and, restarted, through its first list; tenant B's rollout
   keeps progressing, /healthz answers 200 throughout, and A's rollouts work.
 - /healthz tells the truth: with the operator's apiserver connection cut (a relay in the test
-  between it and the lab's apiserver), and with its event loop blocked (a signal handler that
+  between it and the lab's apiserver), with it blackholed (watches look connected, due
+  reconciles never complete), and with its event loop blocked (a signal handler that
   sleeps, installed by a sitecustomize on its PYTHONPATH), /healthz answers 503 saying why and
   the process exits with status 70 instead of idling.
 - The committed source of spec.template's schema is the lab apiserver's own /openapi/v2.
@@ -201,10 +202,12 @@ def test_deep_objects_and_a_250_kib_spec_of_one_tenant_stop_no_one(
 
 
 class Relay:
-    """A TCP relay on 127.0.0.1 to the lab's apiserver that the test can cut."""
+    """A TCP relay on 127.0.0.1 to the lab's apiserver that the test can cut (connections
+    refused and broken) or freeze (connections kept open, nothing forwarded: a blackhole)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
+        self.frozen = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
@@ -223,17 +226,26 @@ class Relay:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self.frozen.is_set():
+                    sink.sendall(data)
         except OSError:
             pass
         finally:
             for s in (source, sink):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+    def kubeconfig(self, lab: Lab, directory: Path) -> Path:
+        """The lab's admin kubeconfig, through this relay."""
+        config = yaml.safe_load(lab.kubeconfig.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
+        path = directory / f"relayed-{uuid.uuid4().hex[:6]}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def cut(self) -> None:
         """Refuse new connections and break every open one."""
@@ -269,16 +281,16 @@ def wait_unhealthy_then_exit(op: OperatorProcess, words: str) -> str:
     return why
 
 
+def apiserver_address(lab: Lab) -> tuple[str, int]:
+    host, _, port = lab.apiserver_url.removeprefix("https://").partition(":")
+    return host, int(port)
+
+
 def test_healthz_fails_and_the_operator_exits_when_the_apiserver_is_cut_off(
     crd: Lab, namespace: str, tmp_path: Path
 ) -> None:
-    host, _, port = crd.apiserver_url.removeprefix("https://").partition(":")
-    relay = Relay((host, int(port)))
-    config = yaml.safe_load(crd.kubeconfig.read_text())
-    for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = f"https://127.0.0.1:{relay.port}"
-    kubeconfig = tmp_path / f"relayed-{uuid.uuid4().hex[:6]}.yaml"
-    kubeconfig.write_text(yaml.safe_dump(config))
+    relay = Relay(apiserver_address(crd))
+    kubeconfig = relay.kubeconfig(crd, tmp_path)
     args = ["--liveness-watch-down", "5", "--liveness-exit-after", "5"]
     op = OperatorProcess(crd, [namespace], kubeconfig=kubeconfig, extra_args=args).start()
     try:
@@ -329,3 +341,37 @@ def test_the_pod_template_schema_is_the_lab_apiservers_own(crd: Lab) -> None:
     committed = json.loads(podtemplate_gen.SOURCE_FILE.read_text())["definitions"]
     assert served == committed
     assert podtemplate_gen.generate(served) == json.loads(podtemplate_gen.SCHEMA_FILE.read_text())
+
+
+def test_healthz_fails_and_the_operator_exits_when_due_reconciles_never_complete(
+    crd: Lab, kube_api: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """The apiserver blackholed (connections open, nothing arrives): kopf's watches still look
+    connected, but the reconciles of a rollout with work due every second (an analysis run
+    writes its results) hang in their status writes, and none completes."""
+    create_route(kube_api, namespace, "gatewayAPI", "busy")
+    relay = Relay(apiserver_address(crd))
+    args = ["--liveness-reconcile-stall", "5", "--liveness-exit-after", "5"]
+    op = OperatorProcess(
+        crd, [namespace], kubeconfig=relay.kubeconfig(crd, tmp_path), extra_args=args
+    ).start()
+    rollouts = Rollouts(kube_api, namespace)
+    try:
+        rollouts.apply(rollout_manifest("busy", "1.0.0", stages=STAGES))
+        rollouts.wait_phase("busy", "Succeeded", timeout=90)
+        slow = [{"name": "long", "weight": 50, "duration": "1h"}, {"name": "full", "weight": 100}]
+        metrics = [{"name": "errors", "template": "error-rate", "max": 0.05}]
+        rollouts.apply(rollout_manifest("busy", "2.0.0", stages=slow, metrics=metrics,
+                                        interval="1s", inconclusive_limit=1000))  # fmt: skip
+
+        def analysing() -> bool:
+            return bool((rollouts.status("busy").get("analysis") or {}).get("runs"))
+
+        wait_for("the analysis to run", analysing, timeout=90)
+        assert healthz(op) == (200, "ok\n")
+        relay.frozen.set()
+        why = wait_unhealthy_then_exit(op, "no reconcile completed")
+    finally:
+        relay.cut()
+        op.stop()
+    record(crd, "healthz-reconciles-stuck", {"healthz": why.strip(), "exit": EXIT_UNHEALTHY})
