@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help demo test unit lab lab-down lab-status lint bench faults crd clean
+.PHONY: help demo test unit lab lab-down lab-status lint bench faults crd podtemplate-schema clean
 
 help:
 	@echo "make demo      bring up the lab and watch a real rollout (promotion, then automatic rollback)"
@@ -63,6 +63,13 @@ bench: $(STAMP)
 faults: $(STAMP)
 	$(PY) -m e2e.lab up
 	$(VENV)/bin/pytest -q e2e/faults $(PYTEST_ARGS)
+
+# spec.template's schema, generated from Kubernetes' PodTemplateSpec: SWAGGER is a swagger.json,
+# e.g. the kubernetes 1.20.2 source tree's api/openapi-spec/swagger.json or
+# `kubectl get --raw /openapi/v2` of the lab's apiserver. Then `make crd`.
+podtemplate-schema: $(STAMP)
+	@test -n "$(SWAGGER)" || { echo "usage: make podtemplate-schema SWAGGER=path/to/swagger.json"; exit 2; }
+	$(PY) -m modelrollout.api.podtemplate_gen $(SWAGGER)
 
 crd: $(STAMP)
 	$(PY) -m modelrollout.api.crd > crds/modelrollout.yaml

@@ -31,6 +31,7 @@ from modelrollout.handlers import MAX_CONCURRENT_RECONCILES, Memo
 from modelrollout.kube.cache import ObjectCache
 from modelrollout.kube.client import KubeClient, SecretNotFound
 from modelrollout.metrics.prometheus import PrometheusProviderFactory, QueryEvent
+from modelrollout.quarantine import Quarantine
 from modelrollout.reconciler import OperatorConfig, Reconciler
 
 audit_log = structlog.get_logger("modelrollout.audit")
@@ -198,6 +199,11 @@ def build_memo(
     )
     slots = max_concurrent_reconciles or MAX_CONCURRENT_RECONCILES
     return Memo(reconciler=reconciler, reconcile_slots=asyncio.Semaphore(slots))
+
+
+def build_quarantine() -> Quarantine:
+    """Undecodable rollouts: held, each version with a Warning Event, and counted."""
+    return Quarantine(post_event, on_report=observability.METRICS.undecodable_objects.inc)
 
 
 def _webhooks(body: dict[str, Any]) -> list[WebhookSpec]:

@@ -16,6 +16,8 @@ most :data:`QUERY_KEEP` characters of each check's PromQL (a longer query is cut
 its length and SHA-256, so the full text, re-rendered from the spec, can still be matched), and
 the oldest entries are dropped while the trail's canonical JSON exceeds ``max_bytes``
 (:data:`DEFAULT_MAX_BYTES`), whatever the count limit says. The newest entry is always kept.
+An entry's reason and its checks' messages are capped when it is sealed
+(:func:`modelrollout.api.models.cap_text`), so the hash covers what is stored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from modelrollout.api.models import HistoryEntry
+from modelrollout.api.models import HistoryEntry, cap_text
 
 DEFAULT_LIMIT = 100
 DEFAULT_MAX_BYTES = 512 * 1024
@@ -78,8 +80,10 @@ def append(
             "hash": None,
         },
     )
+    sealed.reason = cap_text(sealed.reason)
     for metric in sealed.metrics:
         metric.query = compact_query(metric.query)
+        metric.message = None if metric.message is None else cap_text(metric.message)
     sealed.hash = entry_hash(sealed)
     history.append(sealed)
     if len(history) > limit:

@@ -28,8 +28,10 @@ from modelrollout.api.models import (
     ModelRolloutSpec,
     ModelRolloutStatus,
 )
+from modelrollout.health import Liveness
 from modelrollout.kube.cache import older
 from modelrollout.kube.workloads import slot_name
+from modelrollout.quarantine import Quarantine
 from modelrollout.reconciler import Reconciler, StaleStatus
 from modelrollout.routing import make_router
 
@@ -113,6 +115,10 @@ class Memo:
     reconcile_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
     )
+    # Rollouts whose latest version could not be decoded: not acted on until one can be.
+    quarantine: Quarantine | None = None
+    # What /healthz judges: each tick is due from its wake-up until it completes.
+    liveness: Liveness | None = None
 
 
 def _now() -> datetime:
@@ -137,11 +143,21 @@ async def drive(
     try:
         while not stopped:
             wake.clear()
+            if memo.quarantine is not None and memo.quarantine.holds(
+                *key, body.metadata.get("resourceVersion")
+            ):
+                # Its latest version could not be decoded: the body here is an older one.
+                trigger = await wake.sleep(RESYNC, Trigger.RESYNC)
+                continue
             metrics.reconcile_started(trigger)
             queued = time.perf_counter()
+            if memo.liveness is not None:
+                memo.liveness.due(key)
             async with memo.reconcile_slots:
                 metrics.reconcile_queue.observe(time.perf_counter() - queued)
                 after = await _reconcile_once(memo.reconciler, body, namespace, name)
+            if memo.liveness is not None:
+                memo.liveness.done(key)
             if after.awaited_version is not None:
                 # The body is older than our own last write: wait, outside the slot, for the
                 # watch to deliver it (wake_on_change sees it arrive) instead of polling for it.
@@ -154,6 +170,8 @@ async def drive(
     finally:
         memo.wakeups.pop(key, None)
         memo.seen.pop(key, None)
+        if memo.liveness is not None:
+            memo.liveness.forget(key)
 
 
 async def _reconcile_once(
@@ -190,7 +208,7 @@ def _caught_up(body: kopf.Body | dict[str, Any], awaited: str) -> bool:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def wake_on_change(
-    body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any
+    body: kopf.Body, name: str, namespace: str | None, memo: Memo, **rest: Any
 ) -> None:
     """Wake the rollout's daemon when its spec or manual command changed, or someone else
     changed its status (not on the operator's own status writes, except the one a deferred tick
@@ -200,6 +218,9 @@ async def wake_on_change(
     is not thread-safe (the daemon might not wake until the loop wakes for something else).
     """
     key = (namespace or "", name)
+    if memo.quarantine is not None:  # a version that decoded releases a held rollout
+        deleted = rest.get("type") == "DELETED"
+        memo.quarantine.holds(*key, body.metadata.get("resourceVersion"), gone=deleted)
     wake = memo.wakeups.get(key)
     awaited = wake.awaited_version if wake is not None else None
     if wake is not None and awaited is not None and _caught_up(body, awaited):
@@ -223,8 +244,10 @@ async def wake_on_change(
 async def release_routes(
     body: kopf.Body, name: str, namespace: str | None, memo: Memo, **_: Any
 ) -> None:
-    """Leave the route serving the stable version; Deployments and Services go with their owner."""
+    """Leave the route serving the stable version; Deployments and Services go with their owner.
+    The rollout's own metric series go with it."""
     assert memo.reconciler is not None
+    observability.forget(namespace or "", name)
     try:
         spec = ModelRolloutSpec.model_validate(dict(body.spec))
     except Exception:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter as _Tally
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
@@ -402,6 +402,12 @@ class OperatorMetrics:
             ["type", "outcome"],
             registry=self.registry,
         )
+        self.undecodable_objects = Counter(
+            "modelrollout_undecodable_objects",
+            "Object versions left out of a watch or list because they could not be decoded "
+            "(nested too deep); each also gets a Warning Event.",
+            registry=self.registry,
+        )
         self._series_lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple[str, tuple[str, ...]]]] = {}
 
@@ -527,11 +533,13 @@ def start_metrics_server(
     *,
     metrics: OperatorMetrics | None = None,
     healthy: Callable[[], bool] | None = None,
+    problems: Callable[[], Sequence[str]] | None = None,
 ) -> MetricsServer:
     """Serve ``/metrics`` and ``/healthz`` on ``host:port`` from a daemon thread.
 
     Callable from anywhere (a sync kopf startup handler runs in a worker thread). ``healthy``
-    (optional) makes ``/healthz`` answer 503 while it returns False. Other paths are 404.
+    (optional) makes ``/healthz`` answer 503 while it returns False; ``problems`` (optional)
+    while it returns any, one per line of the answer. Other paths are 404.
     """
     source = metrics if metrics is not None else METRICS
     metrics_app = make_wsgi_app(source.registry)
@@ -542,9 +550,10 @@ def start_metrics_server(
             result: Iterable[bytes] = metrics_app(environ, start_response)
             return result
         if path == "/healthz":
-            if healthy is not None and not healthy():
+            found = list(problems()) if problems is not None else []
+            if found or (healthy is not None and not healthy()):
                 start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-                return [b"unhealthy\n"]
+                return ["".join(f"{p}\n" for p in found or ["unhealthy"]).encode()]
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])

@@ -145,6 +145,13 @@ def _big_template(size: int) -> Callable[[Manifest], None]:
     return edit
 
 
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
 def _prometheus_auth(secret: str, key: str) -> Callable[[Manifest], None]:
     return _set(
         "spec.analysis.prometheus",
@@ -479,6 +486,11 @@ CASES: list[Case] = [
         "a container port the apiserver refuses",
         _set("spec.template.spec.containers[0].ports", [{"containerPort": 70000}]),
         runtime="spec.template: the apiserver refused Deployment pod-template-bad-port-a",
+    ),
+    Case(
+        "template-unknown-deep-field",
+        "a field the pod template does not have, nested 20 levels: the apiserver drops it",
+        _set("spec.template.spec.madeUp", _deep(20)),
     ),
     Case(
         "container-without-image",

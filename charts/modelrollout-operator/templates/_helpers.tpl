@@ -87,6 +87,14 @@ One list item per token, so no value is ever re-split by a shell.
 {{- else }}
 - --standalone
 {{- end }}
+- --liveness-loop-stall
+- {{ .Values.health.loopStallSeconds | quote }}
+- --liveness-watch-down
+- {{ .Values.health.watchDownSeconds | quote }}
+- --liveness-reconcile-stall
+- {{ .Values.health.reconcileStallSeconds | quote }}
+- --liveness-exit-after
+- {{ .Values.health.exitAfterSeconds | quote }}
 {{- with .Values.labelSelector }}
 - --selector
 - {{ . | quote }}

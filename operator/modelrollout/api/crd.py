@@ -5,6 +5,9 @@ output, committed (a unit test keeps the two identical). The pydantic JSON schem
 into a *structural* schema: every ``$ref`` inlined, ``Optional`` collapsed to its plain type,
 ``title`` dropped, defaults filled in from the models (also for ``default_factory``), and
 JSON-Schema-2020 exclusive bounds rewritten to the OpenAPI v3.0 form Kubernetes expects.
+``spec.template`` is the one part not from the models: Kubernetes' PodTemplateSpec, generated
+from its OpenAPI definition (:mod:`modelrollout.api.podtemplate_gen`), so the apiserver prunes
+unknown fields there too and nothing in the object nests deeper than the schema.
 
 Cross-field rules are added as ``x-kubernetes-validations`` (CEL). Apiservers older than 1.25
 do not know that field: kubectl's client-side validation refuses a CRD containing it and the
@@ -24,7 +27,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
-from modelrollout.api import models
+from modelrollout.api import models, podtemplate
 from modelrollout.api.models import (
     GROUP,
     KIND,
@@ -311,8 +314,12 @@ def _convert(model: type[BaseModel], *, mode: JsonSchemaMode, defaults: bool) ->
 
 
 def spec_schema() -> Schema:
-    """The structural schema of ``spec`` (with defaults, without CEL rules)."""
-    return _convert(ModelRolloutSpec, mode="validation", defaults=True)
+    """The structural schema of ``spec`` (with defaults, without CEL rules). The pod template
+    (a plain object to pydantic) is Kubernetes' PodTemplateSpec, generated from its OpenAPI
+    definition (:mod:`modelrollout.api.podtemplate_gen`)."""
+    spec = _convert(ModelRolloutSpec, mode="validation", defaults=True)
+    spec["properties"]["template"] = podtemplate.template_schema()
+    return spec
 
 
 def status_schema() -> Schema:

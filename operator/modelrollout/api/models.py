@@ -95,6 +95,32 @@ Measurement = Annotated[float | None, AfterValidator(_finite_or_none)]
 """A measured value; NaN and infinities (no data, division by zero) become None, since JSON
 cannot carry them and a status patch containing them would be refused."""
 
+MAX_MESSAGE_CHARS = 1024
+"""Longest text the operator stores in any status message, condition, reason or check result:
+provider errors and joined check descriptions were unbounded (64 checks of 5,000-character
+errors made a 2.95 MB status patch, refused by the apiserver and retried forever)."""
+
+
+def cap_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` itself if it has at most ``limit`` characters; otherwise its head and a marker
+    saying it was cut and how long it was (``limit`` characters in all). Idempotent."""
+    if len(text) <= limit:
+        return text
+    marker = f" [... cut: {len(text)} characters in all]"
+    return text[: max(0, limit - len(marker))] + marker
+
+
+def _cap_optional(text: str | None) -> str | None:
+    return None if text is None else cap_text(text)
+
+
+Message = Annotated[str, PlainSerializer(cap_text, return_type=str, when_used="json")]
+"""Text stored in the status, capped at :data:`MAX_MESSAGE_CHARS` when written (audit entries,
+whose hashes cover their text, are capped when sealed instead: modelrollout.audit)."""
+OptionalMessage = Annotated[
+    str | None, PlainSerializer(_cap_optional, return_type=str | None, when_used="json")
+]
+
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 # A list of named items is a map keyed by name for the apiserver: duplicates are refused and
@@ -599,13 +625,9 @@ class ModelRolloutSpec(_Wire):
     )
     template: dict[str, Any] = Field(
         description=(
-            "The model server's PodTemplateSpec. The operator injects MODEL_NAME, MODEL_VERSION, "
-            "MODEL_URI and MODEL_DIGEST into every container and adds its own labels."
+            "The model server's PodTemplateSpec. Its CRD schema is Kubernetes' own, generated "
+            "from the OpenAPI definition (modelrollout.api.podtemplate_gen)."
         ),
-        json_schema_extra={
-            "x-kubernetes-preserve-unknown-fields": True,
-            "x-kubernetes-embedded-resource": False,
-        },
     )
     service: ServiceSpec = Field(
         default_factory=ServiceSpec, description="The model server's port."
@@ -776,7 +798,7 @@ class Condition(_StatusWire):
     type: str = Field(description="Ready, Progressing or Stalled.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="A CamelCase reason for the status.")
-    message: str = Field(default="", description="Human-readable details.")
+    message: Message = Field(default="", description="Human-readable details.")
     last_transition_time: Time | None = Field(default=None, description="When status last changed.")
     observed_generation: int | None = Field(
         default=None, description="metadata.generation this condition was computed for."
@@ -818,7 +840,7 @@ class ModelRolloutStatus(_StatusWire):
         default=Phase.IDLE,
         description="Idle, Progressing, Paused, Promoting, Succeeded, RolledBack or Failed.",
     )
-    message: str = Field(
+    message: Message = Field(
         default="", description="What the rollout is doing or waiting for, in words."
     )
     stage: StageStatus | None = Field(
@@ -855,7 +877,9 @@ class ModelRolloutStatus(_StatusWire):
     paused_by: Literal["spec", "command"] | None = Field(
         default=None, description="Whether spec.paused or a pause command paused the rollout."
     )
-    rollback_reason: str | None = Field(default=None, description="Why the last rollback happened.")
+    rollback_reason: OptionalMessage = Field(
+        default=None, description="Why the last rollback happened."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Progressing and Stalled (kstatus-compatible), one per type.",

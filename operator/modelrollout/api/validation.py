@@ -47,6 +47,12 @@ MAX_SPEC_BYTES: Final = 256 * 1024
 """Largest spec accepted, as compact JSON: the object, its status and audit history together
 must stay well below etcd's 1.5 MiB request limit."""
 
+MAX_SPEC_DEPTH: Final = 32
+"""Deepest nesting of objects and lists accepted in a spec (the spec itself is level 1). The
+CRD's schema goes 12 levels deep and the apiserver prunes the rest; a deeper spec can only come
+from a cluster with an older CRD (whose pod template was free-form), and would make recursive
+code (JSON encoders, deep copies) fail on every reconcile instead of being reported."""
+
 MIN_INTERVAL: Final = timedelta(seconds=1)
 TOP_LEVEL_FIELDS: Final = ("apiVersion", "kind", "metadata", "spec", "status")
 ROUTERS: Final = ("gatewayAPI", "istio", "replicas")
@@ -123,6 +129,8 @@ def _format_path(prefix: str, loc: Sequence[int | str]) -> str:
 
 
 def _show(value: Any) -> str:
+    if deeper_than(value, 4):
+        return _kind_of(value)  # too big to quote (and maybe too deep to encode)
     text = json.dumps(value, default=str, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -217,11 +225,40 @@ def format_errors(exc: ValidationError, prefix: str = "spec") -> list[str]:
     return [str(p) for p in problems_from_pydantic(exc, prefix)]
 
 
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects and lists more than ``limit`` levels (a scalar is 0).
+    Iterative: a value too deep for the interpreter's stack is measured like any other."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, Mapping):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_spec(spec: Mapping[str, Any]) -> ModelRolloutSpec:
     """Parse a spec as the apiserver would: strict JSON types, camelCase names only.
 
     Raises :class:`InvalidModelRollout` with one problem per bad field.
     """
+    deep = [key for key, value in spec.items() if deeper_than(value, MAX_SPEC_DEPTH - 1)]
+    if deep:
+        raise InvalidModelRollout(
+            [
+                Problem(
+                    f"spec.{str(key)[:60]}",
+                    f"nests objects and lists more than {MAX_SPEC_DEPTH} levels deep",
+                )
+                for key in deep
+            ]
+        )
     size = len(json.dumps(spec, default=str, separators=(",", ":")))
     if size > MAX_SPEC_BYTES:
         raise InvalidModelRollout(

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import json
 import logging
 import os
 import random
 import sys
-import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 import kopf
-import orjson
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from modelrollout import __version__
 from modelrollout.api.models import GROUP, PLURAL
+from modelrollout.health import Limits, Liveness, Watchdog
+from modelrollout.kube.kopf_decoding import decode_answers, decode_watch_events
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +49,6 @@ class EssenceWithoutStatus(kopf.AnnotationsDiffBaseStorage):
             k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
         }
         return super().build(body=kopf.Body(light))
-
-
-KOPF_API_MODULE = "kopf._cogs.clients.api"
-"""Where kopf decodes each line of a watch stream (``json.loads``), as of kopf 1.45."""
-
-
-def decode_watch_events_with_orjson(module_name: str = KOPF_API_MODULE) -> bool:
-    """Let kopf decode its watch streams with orjson: the same objects from the same text, 2.4
-    times faster. kopf decodes every ModelRollout event with the standard library's json, each
-    a whole body with its audit trail (9% of the operator's CPU at 1,000 rollouts,
-    docs/performance.md), and has no setting for it, so the ``json`` name of its API module
-    is given a copy of the json module whose ``loads`` is orjson's (orjson's decode error is a
-    ``json.JSONDecodeError``). A kopf that no longer decodes there keeps its own: False."""
-    module: Any = importlib.import_module(module_name)
-    current = getattr(module, "json", None)
-    if getattr(current, "loads", None) is orjson.loads:
-        return True  # done already
-    if current is not json:
-        return False
-    fast = types.SimpleNamespace(**vars(json))
-    fast.loads = orjson.loads
-    module.json = fast
-    return True
 
 
 async def retry_unserved_paths(
@@ -165,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a replica's peering record stays valid: a standby takes over at most "
         "this long after the active replica died (default 60)",
     )
+    defaults = Limits()
+    for flag, default, help_text in (
+        ("--liveness-loop-stall", defaults.loop_stall_s,
+         "/healthz fails when the event loop has been blocked this long"),
+        ("--liveness-watch-down", defaults.watch_down_s,
+         "/healthz fails when a watch has failed to reconnect for this long"),
+        ("--liveness-reconcile-stall", defaults.reconcile_stall_s,
+         "/healthz fails when work has been due this long with no reconcile completing"),
+        ("--liveness-exit-after", defaults.exit_after_s,
+         "the operator exits (status 70) once /healthz has failed this long; 0: never"),
+    ):  # fmt: skip
+        run.add_argument(
+            flag, type=_seconds, default=default, metavar="SECONDS",
+            help=f"{help_text} (default {default:g})",
+        )  # fmt: skip
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--history-limit", type=int, default=100, help="audit entries kept in status")
     run.add_argument(
@@ -193,6 +183,25 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(
+        loop_stall_s=args.liveness_loop_stall,
+        watch_down_s=args.liveness_watch_down,
+        reconcile_stall_s=args.liveness_reconcile_stall,
+        exit_after_s=args.liveness_exit_after,
+    )
 
 
 def _selectors(raw: Sequence[str]) -> dict[str, str]:
@@ -226,7 +235,7 @@ def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
 
 def run(args: argparse.Namespace) -> None:
     from modelrollout import handlers, observability
-    from modelrollout.app import build_memo
+    from modelrollout.app import build_memo, build_quarantine
     from modelrollout.handlers import Trigger
     from modelrollout.kube.cache import ObjectCache
     from modelrollout.routing import gateway_api, istio
@@ -246,6 +255,8 @@ def run(args: argparse.Namespace) -> None:
         cache=cache,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
+    liveness = memo.liveness = Liveness(limits_from(args))
+    quarantine = memo.quarantine = build_quarantine()
 
     @kopf.on.login()
     async def login(**_: Any) -> kopf.AiohttpSession:
@@ -271,7 +282,11 @@ def run(args: argparse.Namespace) -> None:
                 limit=KOPF_CONNECTIONS + 3 * len(namespaces), ssl=info.as_ssl_context()
             ),
             headers=info.as_http_headers(),
-            middlewares=(retry_unserved_paths,),
+            middlewares=(
+                liveness.track_watches(),
+                retry_unserved_paths,
+                decode_answers(quarantine.report),
+            ),
         )
         return kopf.AiohttpSession(
             server=info.server, default_namespace=info.default_namespace, aiohttp_session=session
@@ -300,10 +315,12 @@ def run(args: argparse.Namespace) -> None:
             )
             settings.peering.lifetime = args.peering_lifetime
         if args.metrics_port:
-            observability.start_metrics_server(args.metrics_port, args.metrics_host)
+            observability.start_metrics_server(
+                args.metrics_port, args.metrics_host, problems=liveness.problems
+            )
 
     assert handlers  # registrations happen at import
-    if not decode_watch_events_with_orjson():
+    if not decode_watch_events(quarantine.report):
         log.warning("kopf's watch decoding was not found where expected; it keeps its own")
 
     async def operate() -> None:
@@ -333,6 +350,8 @@ def run(args: argparse.Namespace) -> None:
             cache.on_workload_change = wake_soon(Trigger.WORKLOAD)
             cache.on_route_change = wake_soon(Trigger.ROUTE)
             cache.start()
+        heartbeat = asyncio.ensure_future(liveness.heartbeat())
+        watchdog = Watchdog(liveness).start()
         try:
             await kopf.operator(
                 clusterwide=not namespaces,
@@ -342,6 +361,8 @@ def run(args: argparse.Namespace) -> None:
                 memo=memo,
             )
         finally:
+            watchdog.stop()
+            heartbeat.cancel()
             if cache is not None:
                 cache.stop()
 

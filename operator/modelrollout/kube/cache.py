@@ -22,7 +22,6 @@ CRD is not installed, every read misses and falls back to a GET.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from modelrollout.kube.decoding import Report, Undecodable, decode_document, decode_event
 from modelrollout.kube.workloads import LABEL_ROLLOUT, readiness_changed
 
 log = structlog.get_logger("modelrollout.cache")
@@ -47,6 +47,15 @@ SERVICES: Kind = ("", "v1", "services")
 WATCH_TIMEOUT_S = 300
 MAX_BACKOFF_S = 30.0
 ABSENT_BACKOFF_S = 60.0  # a route CRD that is not installed (yet): look again now and then
+
+
+def _undecodable(lost: Undecodable) -> None:
+    """An object of a watched kind that cannot be decoded (kube/decoding.py) is left out of the
+    cache: reads of it miss and fall back to a GET, which fails for that rollout only."""
+    log.warning(
+        "object cannot be decoded; left out of the cache",
+        kind=lost.kind, namespace=lost.namespace, name=lost.name, reason=lost.reason,
+    )  # fmt: skip
 
 
 class _Relist(Exception):
@@ -86,8 +95,10 @@ class _Watch:
         selector: str | None = LABEL_ROLLOUT,
         on_event: Callable[[Obj | None, Obj | None], None] | None = None,
         lock: threading.Lock | None = None,
+        report: Report = _undecodable,
     ) -> None:
         self.kind = kind
+        self._report = report
         self._lock = lock or threading.Lock()
         self._on_event = on_event
         self.namespace = namespace
@@ -138,7 +149,7 @@ class _Watch:
     def _relist(self) -> str:
         self._live = False
         resp = self._list(**self._selector, _preload_content=False, _request_timeout=(10, 60))
-        doc = json.loads(resp.data)
+        doc = decode_document(resp.data, self._report)
         fresh = {_key(item): _trim(item, self.kind) for item in doc.get("items") or []}
         with self._lock:
             gone = {k: self._store[k] for k in self._store if self._owns(k) and k not in fresh}
@@ -171,7 +182,7 @@ class _Watch:
         try:
             for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
                 if line:
-                    yield json.loads(line)
+                    yield decode_event(line, self._report)
         finally:
             resp.release_conn()
 

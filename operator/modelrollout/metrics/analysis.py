@@ -27,8 +27,10 @@ from modelrollout.api.models import (
     MetricTemplate,
     TrafficCheckSpec,
     Verdict,
+    cap_text,
     parse_duration,
 )
+from modelrollout.audit import compact_query
 from modelrollout.metrics.base import MetricProvider, ProviderError, VectorProvider
 from modelrollout.metrics.templates import (
     BUILTIN_QUERIES,
@@ -246,8 +248,10 @@ async def run_check(
         judgement, bound, query = await _judge(check, ctx, provider, now, stage_ready_at)
     except ValueError as exc:  # includes TemplateError
         return MetricResult(
-            name=check.name, verdict=Verdict.ERROR, message=str(exc), measured_at=now
+            name=check.name, verdict=Verdict.ERROR, message=cap_text(str(exc)), measured_at=now
         )
+    # Stored in status: the query as audit entries keep it, the message capped (a provider's
+    # error text is as long as the provider makes it).
     return MetricResult(
         name=check.name,
         verdict=judgement.verdict,
@@ -255,8 +259,8 @@ async def run_check(
         stable_value=judgement.stable_value,
         p_value=judgement.p_value,
         bound=bound,
-        query=query,
-        message=judgement.message,
+        query=compact_query(query),
+        message=None if judgement.message is None else cap_text(judgement.message),
         measured_at=now,
     )
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modelrollout.cli.operator import build_parser
+from modelrollout.cli.operator import build_parser, limits_from
+from modelrollout.health import Limits
 from tests.unit.chart.helm import REPO
 from tests.unit.chart.rendering import (
     CHART,
@@ -69,6 +70,14 @@ def test_helm_lint_is_clean(run_helm: HelmRun, name: str) -> None:
 # --------------------------------------------------------------------------- Deployment
 
 
+HEALTH_ARGS = [
+    "--liveness-loop-stall", "30",
+    "--liveness-watch-down", "120",
+    "--liveness-reconcile-stall", "300",
+    "--liveness-exit-after", "60",
+]  # fmt: skip
+
+
 def test_default_args_watch_all_namespaces_with_peering(render: Render) -> None:
     container = _operator_container(render({}))
     assert container["args"] == [
@@ -78,6 +87,7 @@ def test_default_args_watch_all_namespaces_with_peering(render: Render) -> None:
         "--log-format", "json",
         "--metrics-port", "8081",
         "--peering", FULLNAME,
+        *HEALTH_ARGS,
     ]  # fmt: skip
 
 
@@ -104,6 +114,7 @@ def test_args_follow_values(render: Render) -> None:
         "--log-format", "console",
         "--metrics-port", "9100",
         "--standalone",
+        *HEALTH_ARGS,
         "--selector", "team=fraud",
         "--history-limit", "50",
     ]  # fmt: skip
@@ -121,6 +132,13 @@ def test_rendered_args_are_accepted_by_the_operator_cli(render: Render, name: st
     assert args.prometheus_url == values["prometheus"]["url"]
     assert args.metrics_port == values["metrics"]["port"]
     assert args.log_level == values["logLevel"] and args.log_format == values["logFormat"]
+    health = values["health"]
+    assert limits_from(args) == Limits(
+        loop_stall_s=health["loopStallSeconds"],
+        watch_down_s=health["watchDownSeconds"],
+        reconcile_stall_s=health["reconcileStallSeconds"],
+        exit_after_s=health["exitAfterSeconds"],
+    )
     if values["leaderElection"]["enabled"]:
         assert (args.peering, args.standalone) == (FULLNAME, False)
     else:

@@ -1,4 +1,5 @@
-"""The operator's concurrency bound: from the flag to the memo, with the documented default."""
+"""The operator's flags: the concurrency bound (from the flag to the memo, with the documented
+default) and the liveness limits."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import pytest
 from kubernetes import client as k8s
 
 from modelrollout.app import build_memo
-from modelrollout.cli.operator import build_parser
+from modelrollout.cli.operator import build_parser, limits_from
 from modelrollout.handlers import MAX_CONCURRENT_RECONCILES, Memo
+from modelrollout.health import Limits
 
 
 def test_the_flag_bounds_the_reconciles_in_flight() -> None:
@@ -41,3 +43,16 @@ def test_a_bad_bound_is_refused_with_the_flag_named(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--max-concurrent-reconciles", bad])
     assert "--max-concurrent-reconciles" in capsys.readouterr().err
+
+
+def test_the_liveness_limits_default_to_the_documented_ones_and_refuse_negatives(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert limits_from(build_parser().parse_args(["run"])) == Limits()
+    args = build_parser().parse_args(
+        ["run", "--liveness-watch-down", "7.5", "--liveness-exit-after", "0"]
+    )
+    assert (limits_from(args).watch_down_s, limits_from(args).exit_after_s) == (7.5, 0.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--liveness-loop-stall", "-1"])
+    assert "must not be negative" in capsys.readouterr().err

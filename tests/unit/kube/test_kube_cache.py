@@ -22,6 +22,7 @@ from modelrollout.kube.workloads import (
 )
 from modelrollout.routing import make_router
 from modelrollout.routing.base import DesiredRoutes
+from tests.bad_input.deep import nested
 
 HTTPROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
 
@@ -615,3 +616,41 @@ async def test_role_services_follow_the_slots_and_cost_no_call_once_in_place() -
     assert await kube.ensure_roles(OWNER, spec(), {"stable": "b", "canary": "b"}) is True
     slot_b = {"modelrollout.dev/rollout": "m", "modelrollout.dev/slot": "b"}
     assert patched == [("m-stable", slot_b)]
+
+
+class RawList:
+    """A list function answering JSON text: a list, then one watch stream of ``lines``."""
+
+    def __init__(self, listing: str, lines: list[str]) -> None:
+        self.listing, self.lines = listing, lines
+
+    def __call__(self, **kwargs: Any) -> Any:
+        response = FakeResponse()
+        if kwargs.get("watch"):
+            response.stream = lambda *_, **__: iter(line.encode() + b"\n" for line in self.lines)  # type: ignore[method-assign]
+        else:
+            response.data = self.listing.encode()
+        return response
+
+
+def test_an_undecodable_route_is_left_out_and_the_watch_goes_on() -> None:
+    """A tenant's route nested 1,100 levels deep (past every decoder) in its spec: the route
+    watch keeps every other route, and its events, instead of failing for good."""
+    deep = '{"rules":' + nested() + "}"
+
+    def route(name: str, rv: str, spec: str) -> str:
+        meta = f'{{"name":"{name}","namespace":"ns","resourceVersion":"{rv}"}}'
+        return f'{{"metadata":{meta},"spec":{spec}}}'
+
+    items = f'{route("deep", "3", deep)},{route("fine", "4", "{}")}'
+    listing = f'{{"metadata":{{"resourceVersion":"10"}},"items":[{items}]}}'
+    lines = [
+        f'{{"type":"MODIFIED","object":{route("deep", "11", deep)}}}',
+        f'{{"type":"ADDED","object":{route("new", "12", "{}")}}}',
+    ]
+    routes: dict[Any, Any] = {}
+    w = _Watch(HTTPROUTES, RawList(listing, lines), routes, threading.Event(), "ns", None)
+    assert w._relist() == "10" and w.live
+    assert set(routes) == {("ns", "fine")}
+    assert w._watch("10") == "12"
+    assert set(routes) == {("ns", "fine"), ("ns", "new")}
