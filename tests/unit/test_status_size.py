@@ -96,7 +96,8 @@ async def test_the_status_stays_far_below_etcds_limit_at_the_specs_limits() -> N
     assert whole < ETCD_LIMIT / 2 and biggest_patch < ETCD_LIMIT / 2, (whole, biggest_patch)
     parsed = ModelRolloutStatus.model_validate({k: v for k, v in status.items() if v is not None})
     assert verify(parsed.history) == []
-    assert sum(len(e.metrics) == 64 for e in parsed.history) >= 2
+    # the 64 checks and the built-in traffic-split
+    assert sum(len(e.metrics) == 65 for e in parsed.history) >= 2
     texts = [parsed.message, parsed.rollback_reason or "", *(c.message for c in parsed.conditions)]
     texts += [r.message or "" for r in parsed.analysis.results]
     texts += [e.reason for e in parsed.history]
