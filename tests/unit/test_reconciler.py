@@ -577,3 +577,30 @@ async def test_our_last_writes_event_seen_while_the_next_write_is_in_flight_is_o
     # Once our write is done, the status it replaced coming back is someone else's doing.
     kopf_patch["metadata"]["resourceVersion"] = str(world.version + 2)
     assert rec.changed_by_others(kopf_patch)
+
+
+async def test_a_rollback_moves_traffic_to_stable_then_records_then_scales_the_candidate_down() -> (
+    None
+):
+    """README, "Rollback ordering": 100% to the stable slot first; the candidate is scaled to
+    zero only after that. The record (the status write) sits between the two: a crash after it
+    is healed by the next tick, which scales down what the committed status says is retired."""
+    world = World(
+        {"m-a": deployment("1"), "m-b": deployment("2")},
+        RouteState(found=True, stable_weight=90, candidate_weight=10),
+    )
+    stored = body("2", progressing_status(0, "canary", 10, NOW - timedelta(seconds=10)))
+    stored["metadata"]["annotations"] = {
+        "modelrollout.dev/command": "abort:x1",
+        "modelrollout.dev/command-by": "alice",
+    }
+    decision = await reconciler(world, []).reconcile(stored, NOW)
+    assert decision is not None and decision.status.phase is Phase.ROLLED_BACK
+
+    kinds = world.kinds()
+    to_stable = world.log.index(("route", ("m-a", None, 0)))
+    [record] = [i for i, (kind, _) in enumerate(world.log) if kind == "status"]
+    scale_down = world.log.index(("scale", ("b", 0)))
+    assert to_stable < record < scale_down, world.log
+    assert world.log[record][1]["phase"] == "RolledBack"
+    assert "route" not in kinds[record:], "no traffic moves after the record"

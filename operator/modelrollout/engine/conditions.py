@@ -4,7 +4,8 @@ Both are functions of (spec, status, observation, now) plus what the tick itself
 stalls, so deciding twice on the same input writes the same conditions.
 
 * Ready: True only when Succeeded and the route serves the stable 100%.
-* Reconciling: True while rolling out (reason: the stage) or initialising the first version.
+* Reconciling: True while rolling out (reason: the stage; ``Paused`` while paused) or initialising
+  the first version.
 * Stalled: True on an invalid spec, a routing error, an analysis Hold, or after a rollback or
   failure (reason: why).
 
@@ -116,6 +117,9 @@ def refresh(t: Tick) -> None:
 
     if st.phase in ACTIVE and st.stage is not None:
         set_condition(st, RECONCILING, True, stage_reason(st.stage.name), st.message, now, gen)
+    elif st.phase is Phase.PAUSED:
+        # Still rolling out, only held: kstatus (Flux) must keep waiting, not call it Current.
+        set_condition(st, RECONCILING, True, "Paused", st.message, now, gen)
     elif st.stable is None and st.phase is Phase.IDLE:
         set_condition(st, RECONCILING, True, "Initializing", st.message, now, gen)
     else:
