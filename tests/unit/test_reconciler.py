@@ -587,7 +587,7 @@ async def test_a_rollback_moves_traffic_to_stable_then_records_then_scales_the_c
     is healed by the next tick, which scales down what the committed status says is retired."""
     world = World(
         {"m-a": deployment("1"), "m-b": deployment("2")},
-        RouteState(found=True, stable_weight=90, candidate_weight=10),
+        serving(10),
     )
     stored = body("2", progressing_status(0, "canary", 10, NOW - timedelta(seconds=10)))
     stored["metadata"]["annotations"] = {
