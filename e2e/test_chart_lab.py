@@ -357,7 +357,10 @@ def test_a_full_rollout_under_the_charts_service_account(
         assert status["stableSlot"] == "b"
         # Analysis ran against the Prometheus the chart's values named, with data.
         verdicts = {r["name"]: r["verdict"] for r in status["analysis"]["results"]}
-        assert verdicts == {"error-rate": "Successful"}, status["analysis"]
+        # (and the built-in traffic-split check saw the full stage's traffic reach 2.5.0)
+        assert verdicts == {"error-rate": "Successful", "traffic-split": "Successful"}, status[
+            "analysis"
+        ]
         # The Events were posted (core events: create) with this identity.
         wait_for(
             "the Promoted event",

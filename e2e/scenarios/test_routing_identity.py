@@ -66,6 +66,12 @@ def test_a_route_reapplied_as_first_written_after_a_promotion_is_put_back_and_re
     namespace: str,
     gateway: Gateway,
 ) -> None:
+    reapplied_route_scenario(rollouts, kube_api, namespace, gateway)
+
+
+def reapplied_route_scenario(
+    rollouts: Rollouts, kube_api: k8s.ApiClient, namespace: str, gateway: Gateway
+) -> None:
     """After 2.0.0 is promoted to slot b, `kubectl apply -f route.yaml` (rule 0 -> <name>-a,
     now at 0 replicas) must not be a silent outage: the operator sees the route points at the
     wrong Service, puts it back within seconds and says what it found."""
@@ -263,6 +269,12 @@ def test_role_services_keep_what_users_wrote_outside_the_managed_rule_working(
     kube_api: k8s.ApiClient,
     namespace: str,
     gateway: Gateway,
+) -> None:
+    role_services_scenario(rollouts, kube_api, namespace, gateway)
+
+
+def role_services_scenario(
+    rollouts: Rollouts, kube_api: k8s.ApiClient, namespace: str, gateway: Gateway
 ) -> None:
     """The Istio example's /healthz entry names <name>-stable: it answers 200 after two
     promotions and a rollback (it named <name>-a before, and broke at the first promotion)."""
