@@ -8,7 +8,7 @@ on conditions (series visible, a verdict reached) with deadlines, never fixed sl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -83,10 +83,10 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 
 @pytest.fixture
-def provider(testbed: Bed) -> Iterator[PrometheusProvider]:
+async def provider(testbed: Bed) -> AsyncIterator[PrometheusProvider]:
     p = PrometheusProvider(testbed.address, timeout=5.0)
     yield p
-    p.close()
+    await p.aclose()
 
 
 def ctx(candidate: str, stable: str = "healthy-b") -> QueryContext:
@@ -204,7 +204,7 @@ async def test_unreachable_server_is_an_error() -> None:
         [result] = await run_checks([ERROR_RATE], ctx("healthy-b"), dead, now(), None)
         assert result.verdict is Verdict.ERROR
     finally:
-        dead.close()
+        await dead.aclose()
 
 
 async def test_slow_server_times_out() -> None:
@@ -216,7 +216,7 @@ async def test_slow_server_times_out() -> None:
         assert time.monotonic() - started < 3
         assert outcome == ProviderError(f"Prometheus at {slow.address} did not answer within 0.5s")
     finally:
-        provider.close()
+        await provider.aclose()
         slow.close()
 
 
@@ -245,7 +245,7 @@ async def test_broken_answers_are_errors(response: CannedResponse, text: str) ->
             assert isinstance(outcome, ProviderError), outcome
             assert text in outcome.reason
     finally:
-        provider.close()
+        await provider.aclose()
         server.close()
 
 
@@ -286,7 +286,7 @@ async def test_query_observer_sees_every_query(testbed: Bed) -> None:
         await observed.query("no_such_metric")
         await observed.query("sum(")
     finally:
-        observed.close()
+        await observed.aclose()
     assert [(e.kind, e.outcome) for e in events] == [
         ("instant", "value"),
         ("instant", "no_data"),
