@@ -32,6 +32,7 @@ from modelrollout.api.models import (
     API_VERSION,
     DNS_LABEL_PATTERN,
     KIND,
+    MAX_OUTBOUND_TIMEOUT,
     AnalysisSpec,
     MetricCheck,
     MetricTemplate,
@@ -48,6 +49,9 @@ MAX_SPEC_BYTES: Final = 256 * 1024
 must stay well below etcd's 1.5 MiB request limit."""
 
 MIN_INTERVAL: Final = timedelta(seconds=1)
+OUTBOUND_TIMEOUT_HINT: Final = (
+    f"must be at most {MAX_OUTBOUND_TIMEOUT}: the total deadline of one outbound call"
+)
 TOP_LEVEL_FIELDS: Final = ("apiVersion", "kind", "metadata", "spec", "status")
 ROUTERS: Final = ("gatewayAPI", "istio", "replicas")
 
@@ -334,6 +338,8 @@ def _check_prometheus(prom: PrometheusSpec, interval: str) -> Iterator[Problem]:
         pass  # the default adapts to the interval (PrometheusSpec.effective_timeout)
     elif parse_duration(prom.timeout) <= timedelta(0):
         yield Problem(f"{path}.timeout", f"must be > 0 (got {prom.timeout})")
+    elif parse_duration(prom.timeout) > parse_duration(MAX_OUTBOUND_TIMEOUT):
+        yield Problem(f"{path}.timeout", f"{OUTBOUND_TIMEOUT_HINT} (got {prom.timeout})")
     elif parse_duration(prom.timeout) >= parse_duration(interval):
         yield Problem(
             f"{path}.timeout",
@@ -439,6 +445,8 @@ def _check_webhooks(webhooks: Sequence[WebhookSpec]) -> Iterator[Problem]:
             got = "neither is set" if hook.url is None else "both are set"
             yield Problem(path, f"set exactly one of url and urlFrom ({got})")
         yield from _check_min_duration(f"{path}.timeout", hook.timeout, timedelta.resolution, "> 0")
+        if parse_duration(hook.timeout) > parse_duration(MAX_OUTBOUND_TIMEOUT):
+            yield Problem(f"{path}.timeout", f"{OUTBOUND_TIMEOUT_HINT} (got {hook.timeout})")
 
 
 def _duplicates(path: str, names: Sequence[str], what: str) -> Iterator[Problem]:
