@@ -95,3 +95,10 @@ def blackhole() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1024)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (polled), failing with TimeoutError after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)

@@ -579,8 +579,7 @@ async def test_one_namespace_of_blackholed_gates_does_not_delay_another(
             for _ in range(200)
         ]
         try:
-            while http.limiter.held("noisy") < webhooks.PER_NAMESPACE:
-                await asyncio.sleep(0.01)
+            await loopback.until(lambda: http.limiter.held("noisy") >= webhooks.PER_NAMESPACE)
             quiet = {**payload(), "namespace": "quiet"}
             result = await asyncio.wait_for(
                 webhooks.call_gate(spec(), f"{server.url}/ok", {}, quiet, retry=ONCE, http=http),

@@ -129,8 +129,7 @@ async def test_one_namespace_of_blackholed_queries_does_not_delay_another(
         )
         stuck = [asyncio.create_task(noisy.query("up")) for _ in range(200)]
         try:
-            while factory.limiter.held("noisy") < PER_NAMESPACE:
-                await asyncio.sleep(0.01)
+            await loopback.until(lambda: factory.limiter.held("noisy") >= PER_NAMESPACE)
             quiet = await factory.provider_for(
                 PrometheusSpec(address=f"{local.url}/ok"), no_secrets, "quiet"
             )
