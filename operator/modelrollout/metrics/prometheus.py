@@ -306,11 +306,12 @@ class PrometheusProvider:
         return await self._run("vector", call)
 
     async def is_online(self) -> bool:
-        """True when Prometheus answers its base URL with a 2xx."""
+        """True when Prometheus answers its base URL with a 2xx or 3xx (its UI redirects there;
+        redirects are not followed)."""
 
         async def call() -> bool:
             answer = await self._get("/", {})
-            return 200 <= answer.status < 300
+            return 200 <= answer.status < 400
 
         return await self._run("online", call) is True
 
