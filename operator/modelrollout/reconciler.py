@@ -274,7 +274,9 @@ class Reconciler:
 
         analysis: list[MetricResult] | None = None
         gates: dict[str, GateResult] = {}
-        if not problems and not routing_error:  # (with a routing error the calls' answers go)
+        # with a routing error the calls were made all the same (call_out does not look at the
+        # route); their answers are dropped, as the analysis waits for a route that works
+        if not problems and not routing_error:
             analysis, gates = called.analysis, called.gates
 
         observation = Observation(
