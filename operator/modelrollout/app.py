@@ -45,10 +45,12 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
 
 
 class Webhooks:
-    """Resolves a webhook's URL and headers (possibly from Secrets) and calls it."""
+    """Resolves a webhook's URL and headers (possibly from Secrets) and calls it, on the
+    webhooks' shared HTTP stack (each namespace's calls in its own share of it)."""
 
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, http: webhooks.WebhookHTTP | None = None) -> None:
         self.kube = kube
+        self.http = http or webhooks.WebhookHTTP()
 
     async def _target(self, namespace: str, spec: WebhookSpec) -> tuple[str, dict[str, str]]:
         url = spec.url
@@ -91,7 +93,7 @@ class Webhooks:
             stage=status.stage.name if status.stage else None,
             metrics=status.analysis.results,
         )
-        return await webhooks.call_gate(gate, url, headers, payload)
+        return await webhooks.call_gate(gate, url, headers, payload, http=self.http)
 
     async def _usable(
         self, namespace: str, spec: ModelRolloutSpec, kind: WebhookType
@@ -120,6 +122,7 @@ class Webhooks:
                 version=spec.model.version,
                 stage=note.stage,
                 message=note.message,
+                http=self.http,
             )
 
     async def audit(
@@ -135,6 +138,7 @@ class Webhooks:
                     namespace=meta["namespace"],
                     rollout=meta["name"],
                     entry=entry,
+                    http=self.http,
                 )
 
 

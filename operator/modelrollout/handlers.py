@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -112,6 +114,7 @@ class Memo:
     # Reconciles in flight at once. When every rollout's stage ends at the same moment, 1,000
     # reconciles at once each held a parsed status, its working copies and a decision: the
     # operator's peak memory. The CPU is the limit then anyway; the rest wait their turn, FIFO.
+    # A tick's gate and Prometheus calls are made before it takes its slot (Reconciler.reconcile).
     reconcile_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
     )
@@ -150,12 +153,10 @@ async def drive(
                 trigger = await wake.sleep(RESYNC, Trigger.RESYNC)
                 continue
             metrics.reconcile_started(trigger)
-            queued = time.perf_counter()
             if memo.liveness is not None:
                 memo.liveness.due(key)
-            async with memo.reconcile_slots:
-                metrics.reconcile_queue.observe(time.perf_counter() - queued)
-                after = await _reconcile_once(memo.reconciler, body, namespace, name)
+            slot = _slot(memo.reconcile_slots)
+            after = await _reconcile_once(memo.reconciler, body, namespace, name, slot)
             if memo.liveness is not None:
                 memo.liveness.done(key)
             if after.awaited_version is not None:
@@ -174,8 +175,21 @@ async def drive(
             memo.liveness.forget(key)
 
 
+@asynccontextmanager
+async def _slot(slots: asyncio.Semaphore) -> AsyncIterator[None]:
+    """A reconcile slot, its wait observed."""
+    queued = time.perf_counter()
+    async with slots:
+        observability.METRICS.reconcile_queue.observe(time.perf_counter() - queued)
+        yield
+
+
 async def _reconcile_once(
-    reconciler: Reconciler, body: kopf.Body, namespace: str | None, name: str
+    reconciler: Reconciler,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    slot: AbstractAsyncContextManager[None] | None = None,
 ) -> Next:
     """One reconcile: how long to sleep before the next and why, and the resourceVersion to
     wait for if the body was older than the operator's own last status write. Nothing of the
@@ -184,7 +198,8 @@ async def _reconcile_once(
     1,000 rollouts, docs/performance.md)."""
     now = _now()
     try:
-        decision = await reconciler.reconcile(_plain(body), now)
+        # the slot is taken after the tick's gate and Prometheus calls, which hold none
+        decision = await reconciler.reconcile(_plain(body), now, slot)
     except StaleStatus as exc:
         log.debug("body older than our own write; waiting for it", reason=str(exc))
         return Next(CATCH_UP_WAIT, Trigger.RETRY, exc.written)

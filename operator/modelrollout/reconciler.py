@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -77,6 +78,15 @@ EventSink = Callable[[dict[str, Any], str, str, str], None]
 class OperatorConfig:
     prometheus_url: str | None = None
     history_limit: int = 100
+
+
+@dataclass(frozen=True)
+class CalledOut:
+    """What a tick's outbound calls brought back: the analysis run (None: none was due) and
+    each gate asked, by name."""
+
+    analysis: list[MetricResult] | None = None
+    gates: dict[str, GateResult] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,8 +172,23 @@ class Reconciler:
         cache = getattr(self.kube, "cache", None)  # stand-ins (tests) need not have one
         return cache is not None and bool(cache.watches_everything())
 
-    async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision | None:
+    async def reconcile(
+        self,
+        body: dict[str, Any],
+        now: datetime,
+        slot: AbstractAsyncContextManager[Any] | None = None,
+    ) -> Decision | None:
+        """One tick. Its outbound calls (gates, analysis) are made first, holding no ``slot``
+        (a blackholed gate once held a reconcile slot for its whole timeout); the rest of the
+        tick, the parsed status, the decision and the writes, holds it."""
         started = time.perf_counter()
+        self._refuse_stale(body)
+        called = await self.call_out(body, now)
+        calling = time.perf_counter() - started
+        async with slot if slot is not None else nullcontext():
+            return await self._tick(body, now, called, calling)
+
+    def _refuse_stale(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         written = self._written.get((namespace, name))
@@ -173,6 +198,41 @@ class Reconciler:
             and older(meta.get("resourceVersion"), written[1])
         ):
             raise StaleStatus(namespace, name, str(meta.get("resourceVersion")), written[1])
+
+    async def call_out(self, body: dict[str, Any], now: datetime) -> CalledOut:
+        """The gates and checks due at ``now``, asked. Reads only what deciding what is due
+        needs: the spec (parsed once per generation) and the status without its audit trail
+        (the bulk of it), so the calls' wait holds little memory."""
+        meta = body["metadata"]
+        namespace, generation = meta["namespace"], int(meta.get("generation") or 0)
+        refused = self._refused.get((namespace, meta["name"]))
+        if self._validate(body, generation) or (refused is not None and refused[0] == generation):
+            return CalledOut()
+        try:
+            spec = self._spec(body, generation)
+        except ValidationError:
+            return CalledOut()
+        status = _parse_status(_without_history(body.get("status")))
+        checks = engine.checks_due(spec, status, now)
+        due_gates = engine.gates_due(spec, status, now)
+        if not checks and not due_gates:
+            return CalledOut()
+
+        async def analysis() -> list[MetricResult] | None:
+            if not checks:
+                return None
+            return await self._run_checks(namespace, meta["name"], spec, status, checks, now)
+
+        asked = asyncio.gather(*(self._call_gate(body, spec, gate, status) for gate in due_gates))
+        results, answers = await asyncio.gather(analysis(), asked)
+        return CalledOut(results, {g.name: a for g, a in zip(due_gates, answers, strict=True)})
+
+    async def _tick(
+        self, body: dict[str, Any], now: datetime, called: CalledOut, calling: float
+    ) -> Decision | None:
+        started = time.perf_counter() - calling  # the calls' time counts, the slot's wait not
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         # Parsed afresh every tick, not cached per resourceVersion: a parsed status with a full
         # audit trail is ~300 KiB, memory that 1,000 rollouts cannot spare (docs/performance.md).
         status = _parse_status(body.get("status"))
@@ -216,12 +276,10 @@ class Reconciler:
 
         analysis: list[MetricResult] | None = None
         gates: dict[str, GateResult] = {}
+        # with a routing error the calls were made all the same (call_out does not look at the
+        # route); their answers are dropped, as the analysis waits for a route that works
         if not problems and not routing_error:
-            checks = engine.checks_due(spec, status, now)
-            if checks:
-                analysis = await self._run_checks(namespace, name, spec, status, checks, now)
-            for gate in engine.gates_due(spec, status, now):
-                gates[gate.name] = await self._call_gate(body, spec, gate, status)
+            analysis, gates = called.analysis, called.gates
 
         observation = Observation(
             generation=generation,
@@ -456,7 +514,7 @@ class Reconciler:
             prometheus = prometheus.model_copy(
                 update={"timeout": prometheus.effective_timeout(spec.analysis.interval)}
             )
-            provider = await self.providers.provider_for(prometheus, read_secret)
+            provider = await self.providers.provider_for(prometheus, read_secret, namespace)
         except (SecretNotFound, ValueError) as exc:
             return [
                 MetricResult(name=c.name, verdict=Verdict.ERROR, message=str(exc), measured_at=now)
@@ -605,6 +663,10 @@ def status_patch(stored: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
     patch = {key: value for key, value in after.items() if stored.get(key) != value}
     patch.update({key: None for key in stored if key not in after and key in _STATUS_FIELDS})
     return patch
+
+
+def _without_history(raw: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (raw or {}).items() if k != "history"}
 
 
 def _parse_status(raw: dict[str, Any] | None) -> ModelRolloutStatus:

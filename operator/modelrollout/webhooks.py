@@ -12,16 +12,23 @@ header value: webhook URLs often carry their secret in the path (Slack) or the q
   exponential backoff, a bounded number of times, then give up and return False. They never
   raise; the reconciler schedules them in the background so they never block a reconcile.
 
+Every attempt is one bounded call (:mod:`modelrollout.outbound`): the webhook's ``timeout``
+(at most :data:`~modelrollout.api.models.MAX_OUTBOUND_TIMEOUT`) is a total deadline for it,
+a wait for a place in its namespace's share included, and at most :data:`BODY_LIMIT` bytes of
+the answer are read (its status is the answer; the body is dropped). A whole call therefore
+ends within ``attempts x timeout`` plus the backoff. Calls share one :class:`WebhookHTTP`
+(connection pools, and a :class:`~modelrollout.outbound.FairLimiter` by namespace).
+
 TLS verification is on unless the webhook sets ``insecureSkipVerify``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +43,6 @@ from tenacity import (
     wait_exponential,
 )
 
-from modelrollout import __version__
 from modelrollout.api.models import (
     GROUP,
     PLURAL,
@@ -51,10 +57,18 @@ from modelrollout.api.models import (
 )
 from modelrollout.engine.types import GateResult
 from modelrollout.observability import METRICS
+from modelrollout.outbound import Answer, FairLimiter, bounded_request, clip, new_client
+from modelrollout.outbound.http import tls_context, tls_failure, transport_failure
 
 log = structlog.get_logger("modelrollout.webhooks")
 
-USER_AGENT = f"modelrollout-operator/{__version__}"
+BODY_LIMIT = 64 * 1024
+"""Most of a webhook's answer that is read; its status is the answer, the body is dropped."""
+CAPACITY = 128
+"""Webhook calls in flight at once, all namespaces together."""
+PER_NAMESPACE = 16
+"""Webhook calls in flight at once for one namespace: 200 rollouts with a blackholed gate in
+one namespace hold 16 places, and every other namespace's calls still find one."""
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 AUDIT_TYPE_PREFIX = "dev.modelrollout.audit."
 GATE_TYPES = frozenset({WebhookType.PRE_ROLLOUT, WebhookType.CONFIRM_PROMOTION})
@@ -127,27 +141,16 @@ def parse_headers(text: str | bytes) -> dict[str, str]:
     return headers
 
 
-def _tls_failure(exc: BaseException) -> BaseException | None:
-    """The certificate verification error behind ``exc`` (httpx wraps the ssl error)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if "CERTIFICATE_VERIFY_FAILED" in str(cause):
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
 def _describe(exc: BaseException, url: str) -> str:
     """What went wrong, without the URL's path, query or credentials."""
-    tls = _tls_failure(exc)
-    text = f"TLS certificate verification failed: {tls}" if tls else str(exc)
+    text = transport_failure(exc)
     if url:
         text = text.replace(url, safe_url(url))
         parts = urlsplit(url)
         for secret_part in (parts.query, parts.path, parts.password or ""):
             if len(secret_part) > 1:
                 text = text.replace(secret_part, "...")
-    return f"{type(exc).__name__}: {text or 'no details'}"
+    return clip(f"{type(exc).__name__}: {text or 'no details'}")
 
 
 class _RetryableStatus(Exception):
@@ -170,25 +173,69 @@ def _timeout_seconds(spec: WebhookSpec) -> float:
     return max(0.001, parse_duration(spec.timeout).total_seconds())
 
 
+class WebhookHTTP:
+    """The webhooks' shared HTTP stack: one client that verifies TLS and one that does not
+    (made when first needed), and the fair per-namespace limiter of their calls."""
+
+    def __init__(
+        self,
+        limiter: FairLimiter | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.limiter = limiter or FairLimiter(CAPACITY, PER_NAMESPACE)
+        self._transport = transport
+        self._clients: dict[bool, httpx.AsyncClient] = {}
+
+    def client(self, insecure: bool) -> httpx.AsyncClient:
+        if insecure not in self._clients:
+            verify = tls_context(verify=not insecure)
+            self._clients[insecure] = new_client(verify, transport=self._transport)
+        return self._clients[insecure]
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def _stack(
+    http: WebhookHTTP | None, transport: httpx.AsyncBaseTransport | None
+) -> AsyncIterator[WebhookHTTP]:
+    """``http``, or a stack of the call's own (closed afterwards) when the caller has none."""
+    if http is not None:
+        yield http
+        return
+    own = WebhookHTTP(transport=transport)
+    try:
+        yield own
+    finally:
+        await own.aclose()
+
+
 async def _post(
     spec: WebhookSpec,
     url: str,
     headers: Mapping[str, str],
     body: bytes,
     content_type: str,
-    transport: httpx.AsyncBaseTransport | None,
-) -> httpx.Response:
+    http: WebhookHTTP,
+    namespace: str,
+) -> Answer:
     """One POST, bounded as a whole by the webhook's timeout (a trickling server included)."""
-    seconds = _timeout_seconds(spec)
-    all_headers = {**headers, "Content-Type": content_type, "User-Agent": USER_AGENT}
-    async with httpx.AsyncClient(
-        verify=not spec.insecure_skip_verify,
-        timeout=httpx.Timeout(seconds),
-        transport=transport,
-        follow_redirects=False,
-    ) as client:
-        async with asyncio.timeout(seconds):
-            return await client.post(url, content=body, headers=all_headers)
+    client = http.client(spec.insecure_skip_verify)
+    request = client.build_request(
+        "POST", url, content=body, headers={**headers, "Content-Type": content_type}
+    )
+    return await bounded_request(
+        client,
+        request,
+        deadline=_timeout_seconds(spec),
+        limit=BODY_LIMIT,
+        limiter=http.limiter,
+        key=namespace,
+    )
 
 
 async def _post_with_retries(
@@ -200,8 +247,9 @@ async def _post_with_retries(
     *,
     retry: RetryPolicy,
     retry_status: bool,
-    transport: httpx.AsyncBaseTransport | None,
-) -> httpx.Response:
+    http: WebhookHTTP,
+    namespace: str,
+) -> Answer:
     """POST with retries of transport errors (and of 429/5xx when ``retry_status``).
 
     Raises :class:`_Transient` or :class:`_RetryableStatus` when the retries are used up, and
@@ -218,11 +266,11 @@ async def _post_with_retries(
         with attempt:
             attempt_no += 1
             try:
-                response = await _post(spec, url, headers, body, content_type, transport)
+                response = await _post(spec, url, headers, body, content_type, http, namespace)
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 raise ValueError(f"invalid webhook URL: {_describe(exc, url)}") from None
             except (httpx.TransportError, TimeoutError) as exc:
-                if _tls_failure(exc) is not None:  # no retry will fix a certificate
+                if tls_failure(exc) is not None:  # no retry will fix a certificate
                     raise ValueError(_describe(exc, url)) from None
                 description = (
                     f"no answer within {spec.timeout}"
@@ -231,7 +279,7 @@ async def _post_with_retries(
                 )
                 bound.info("webhook attempt failed", attempt=attempt_no, error=description)
                 raise _Transient(exc, description) from None
-            status = response.status_code
+            status = response.status
             if retry_status and (status == 429 or status >= 500):
                 bound.info("webhook attempt failed", attempt=attempt_no, status=status)
                 raise _RetryableStatus(status)
@@ -277,29 +325,34 @@ async def call_gate(
     payload: Mapping[str, Any],
     *,
     retry: RetryPolicy = GATE_RETRY,
+    http: WebhookHTTP | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> GateResult:
     """Ask a pre-rollout or confirm-promotion gate: Open on 2xx, Closed on another status,
-    Timeout when it cannot be asked (timeout, connection or TLS error, after the retries)."""
+    Timeout when it cannot be asked (timeout, connection or TLS error, after the retries).
+
+    The call takes places under the payload's namespace in ``http``'s limiter."""
     if spec.type not in GATE_TYPES:
         raise ValueError(f"webhook {spec.name!r} is of type {spec.type.value}, not a gate")
     bound = log.bind(webhook=spec.name, type=spec.type.value, target=safe_url(url))
     body = json.dumps(payload, separators=(",", ":")).encode()
+    namespace = str(payload.get("namespace") or "")
     try:
-        response = await _post_with_retries(
-            spec, url, headers, body, "application/json",
-            retry=retry, retry_status=False, transport=transport,
-        )
+        async with _stack(http, transport) as stack:
+            response = await _post_with_retries(
+                spec, url, headers, body, "application/json",
+                retry=retry, retry_status=False, http=stack, namespace=namespace,
+            )
     except (_Transient, ValueError) as exc:
         bound.warning("gate unreachable, counted as inconclusive", error=str(exc))
         METRICS.webhook_request(spec.type.value, "timeout")
         return GateResult.TIMEOUT
-    if response.is_success:
+    if 200 <= response.status < 300:
         METRICS.webhook_request(spec.type.value, "open")
-        bound.info("gate open", status=response.status_code)
+        bound.info("gate open", status=response.status)
         return GateResult.OPEN
     METRICS.webhook_request(spec.type.value, "closed")
-    bound.info("gate closed", status=response.status_code)
+    bound.info("gate closed", status=response.status)
     return GateResult.CLOSED
 
 
@@ -376,15 +429,19 @@ async def _deliver(
     body: bytes,
     content_type: str,
     retry: RetryPolicy,
-    transport: httpx.AsyncBaseTransport | None,
     what: str,
+    *,
+    namespace: str,
+    http: WebhookHTTP | None,
+    transport: httpx.AsyncBaseTransport | None,
 ) -> bool:
     bound = log.bind(webhook=spec.name, type=spec.type.value, target=safe_url(url))
     try:
-        response = await _post_with_retries(
-            spec, url, headers, body, content_type,
-            retry=retry, retry_status=True, transport=transport,
-        )
+        async with _stack(http, transport) as stack:
+            response = await _post_with_retries(
+                spec, url, headers, body, content_type,
+                retry=retry, retry_status=True, http=stack, namespace=namespace,
+            )
     except _RetryableStatus as exc:
         bound.warning(f"{what} not delivered", status=exc.status, attempts=retry.attempts)
     except (_Transient, ValueError) as exc:
@@ -392,11 +449,11 @@ async def _deliver(
     except Exception as exc:  # never let a notification break the caller
         bound.warning(f"{what} not delivered", error=_describe(exc, url))
     else:
-        if response.is_success:
+        if 200 <= response.status < 300:
             METRICS.webhook_request(spec.type.value, "delivered")
-            bound.debug(f"{what} delivered", status=response.status_code)
+            bound.debug(f"{what} delivered", status=response.status)
             return True
-        bound.warning(f"{what} refused", status=response.status_code)
+        bound.warning(f"{what} refused", status=response.status)
     METRICS.webhook_request(spec.type.value, "failed")
     return False
 
@@ -414,6 +471,7 @@ async def notify(
     reason: str = "",
     message: str = "",
     retry: RetryPolicy = NOTIFY_RETRY,
+    http: WebhookHTTP | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> bool:
     """Post a Slack-compatible message about a stage change, promotion or rollback.
@@ -428,7 +486,8 @@ async def notify(
     )
     body = json.dumps(payload).encode()
     return await _deliver(
-        spec, url, headers, body, "application/json", retry, transport, "notification"
+        spec, url, headers, body, "application/json", retry, "notification",
+        namespace=namespace, http=http, transport=transport,
     )
 
 
@@ -471,6 +530,7 @@ async def send_audit_event(
     rollout: str,
     entry: HistoryEntry | Mapping[str, Any],
     retry: RetryPolicy = NOTIFY_RETRY,
+    http: WebhookHTTP | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> bool:
     """POST one audit entry as a CloudEvent. True when delivered; never raises."""
@@ -478,5 +538,6 @@ async def send_audit_event(
         raise ValueError(f"webhook {spec.name!r} is of type {spec.type.value}, not audit")
     body = json.dumps(cloud_event(namespace=namespace, rollout=rollout, entry=entry)).encode()
     return await _deliver(
-        spec, url, headers, body, CLOUDEVENTS_CONTENT_TYPE, retry, transport, "audit event"
+        spec, url, headers, body, CLOUDEVENTS_CONTENT_TYPE, retry, "audit event",
+        namespace=namespace, http=http, transport=transport,
     )

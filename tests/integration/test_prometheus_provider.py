@@ -7,12 +7,14 @@ on conditions (series visible, a verdict reached) with deadlines, never fixed sl
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_api_client import PrometheusConnect
 from prometheus_testbed import (
     NAMESPACE,
     CannedResponse,
@@ -29,7 +31,13 @@ from prometheus_testbed import (
 from modelrollout.api.models import CompareSpec, MetricCheck, MetricResult, MetricTemplate, Verdict
 from modelrollout.metrics.analysis import QueryContext, run_checks
 from modelrollout.metrics.base import NoData, ProviderError, Value, Vector
-from modelrollout.metrics.prometheus import PrometheusProvider, QueryEvent
+from modelrollout.metrics.prometheus import (
+    PrometheusProvider,
+    QueryEvent,
+    parse_instant,
+    parse_range,
+    parse_vector,
+)
 from modelrollout.metrics.templates import render
 
 INTERVAL = timedelta(seconds=5)
@@ -83,10 +91,10 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 
 @pytest.fixture
-def provider(testbed: Bed) -> Iterator[PrometheusProvider]:
+async def provider(testbed: Bed) -> AsyncIterator[PrometheusProvider]:
     p = PrometheusProvider(testbed.address, timeout=5.0)
     yield p
-    p.close()
+    await p.aclose()
 
 
 def ctx(candidate: str, stable: str = "healthy-b") -> QueryContext:
@@ -204,7 +212,7 @@ async def test_unreachable_server_is_an_error() -> None:
         [result] = await run_checks([ERROR_RATE], ctx("healthy-b"), dead, now(), None)
         assert result.verdict is Verdict.ERROR
     finally:
-        dead.close()
+        await dead.aclose()
 
 
 async def test_slow_server_times_out() -> None:
@@ -216,7 +224,7 @@ async def test_slow_server_times_out() -> None:
         assert time.monotonic() - started < 3
         assert outcome == ProviderError(f"Prometheus at {slow.address} did not answer within 0.5s")
     finally:
-        provider.close()
+        await provider.aclose()
         slow.close()
 
 
@@ -245,7 +253,7 @@ async def test_broken_answers_are_errors(response: CannedResponse, text: str) ->
             assert isinstance(outcome, ProviderError), outcome
             assert text in outcome.reason
     finally:
-        provider.close()
+        await provider.aclose()
         server.close()
 
 
@@ -286,13 +294,41 @@ async def test_query_observer_sees_every_query(testbed: Bed) -> None:
         await observed.query("no_such_metric")
         await observed.query("sum(")
     finally:
-        observed.close()
+        await observed.aclose()
     assert [(e.kind, e.outcome) for e in events] == [
         ("instant", "value"),
         ("instant", "no_data"),
         ("instant", "error"),
     ]
     assert all(0 < e.seconds < 5 and e.address == testbed.address for e in events)
+
+
+# ----------------------------------------------------------------- the reference client agrees
+
+REFERENCE_QUERIES = [
+    f'sum(model_requests_total{{namespace="{NAMESPACE}"}})',
+    'probe_label{value=~"a.*"}',
+    "scalar(vector(2.5))",
+    "no_such_metric",
+    f'model_requests_total{{namespace="{NAMESPACE}"}}',  # several series
+]
+
+
+@pytest.mark.parametrize("query", REFERENCE_QUERIES)
+async def test_answers_match_prometheus_api_client(
+    testbed: Bed, provider: PrometheusProvider, query: str
+) -> None:
+    # prometheus-api-client (blocking, on requests) is the reference for the query API this
+    # provider speaks on httpx: asked the same at the same instant, both read the same.
+    reference = PrometheusConnect(url=testbed.address, disable_ssl=True)
+    at, start = now() - timedelta(seconds=5), now() - timedelta(seconds=35)
+    instant = await asyncio.to_thread(reference.custom_query, query, {"time": at.timestamp()})
+    assert await provider.query(query, at) == parse_instant(instant)
+    assert await provider.query_vector(query, at) == parse_vector(instant)
+    if query.startswith("scalar"):
+        return  # a range query of a scalar is a matrix of one unlabelled series: same as sum()
+    ranged = await asyncio.to_thread(reference.custom_query_range, query, start, at, "5")
+    assert await provider.query_range(query, start, at, 5) == parse_range(ranged)
 
 
 # ----------------------------------------------------------------------------- escaping, for real

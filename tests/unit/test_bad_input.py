@@ -348,9 +348,9 @@ async def test_prometheus_tls_is_verified_unless_the_spec_opts_out(
         )
         assert await (await factory.provider_for(opted_out, no_secrets)).query("up") == Value(7.0)
     finally:
-        factory.close()
+        await factory.aclose()
     trusted = PrometheusProvider(url, 2, ca_pem=ca.cert_pem.bytes().decode())
     try:
         assert await trusted.query("up") == Value(7.0)  # the spec's tls.ca, from a Secret
     finally:
-        trusted.close()
+        await trusted.aclose()

@@ -31,11 +31,14 @@ class Reconciler:
         self.failing = failing
         self.ticks: dict[str, int] = {}
 
-    async def reconcile(self, raw: dict[str, Any], now: datetime) -> Any:
+    async def reconcile(self, raw: dict[str, Any], now: datetime, slot: Any = None) -> Any:
         name = raw["metadata"]["name"]
         self.ticks[name] = self.ticks.get(name, 0) + 1
         if name in self.failing:
             raise self.failing[name]
+        if slot is not None:
+            async with slot:  # the tick's own part, in its reconcile slot
+                pass
         return SimpleNamespace(requeue_after=timedelta(seconds=0.05), requeue_reason=Wake.ANALYSIS)
 
     def watches_everything(self) -> bool:

@@ -41,9 +41,10 @@ class SlowReconciler:
         self.seconds = seconds
         self.starts: list[float] = []
 
-    async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
-        self.starts.append(time.monotonic())
-        await asyncio.sleep(self.seconds)  # the time the reconcile's API calls take
+    async def reconcile(self, body: dict[str, Any], now: datetime, slot: Any = None) -> Any:
+        async with slot or contextlib.nullcontext():
+            self.starts.append(time.monotonic())
+            await asyncio.sleep(self.seconds)  # the time the reconcile's API calls take
         return SimpleNamespace(requeue_after=timedelta(seconds=0.5), requeue_reason=Wake.ANALYSIS)
 
 
@@ -92,7 +93,7 @@ async def test_the_daemon_sleeps_without_holding_the_last_decision() -> None:
     asleep = asyncio.Event()
 
     class Reconciler:
-        async def reconcile(self, body: dict[str, Any], now: datetime) -> Decision:
+        async def reconcile(self, body: dict[str, Any], now: datetime, slot: Any) -> Decision:
             decision = Decision()
             made.append(weakref.ref(decision))
             asyncio.get_running_loop().call_soon(asleep.set)
@@ -121,12 +122,13 @@ async def test_no_more_reconciles_in_flight_than_the_memo_allows() -> None:
     in_flight, peak, done = 0, 0, 0
 
     class Reconciler:
-        async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
+        async def reconcile(self, body: dict[str, Any], now: datetime, slot: Any) -> Any:
             nonlocal in_flight, peak, done
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await asyncio.sleep(0.01)  # the reconcile's API calls
-            in_flight -= 1
+            async with slot:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                await asyncio.sleep(0.01)  # the reconcile's API calls
+                in_flight -= 1
             done += 1
             return SimpleNamespace(
                 requeue_after=timedelta(seconds=30), requeue_reason=Wake.ANALYSIS
@@ -168,7 +170,7 @@ class StaleOnce:
         self.ticks: list[str] = []
         self.ticked = asyncio.Event()
 
-    async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
+    async def reconcile(self, body: dict[str, Any], now: datetime, slot: Any) -> Any:
         self.ticks.append(body["metadata"]["resourceVersion"])
         self.ticked.set()
         if len(self.ticks) == 1:
@@ -267,7 +269,7 @@ class Settled:
     def __init__(self, watched: bool) -> None:
         self.watched = watched
 
-    async def reconcile(self, body: dict[str, Any], now: datetime) -> Any:
+    async def reconcile(self, body: dict[str, Any], now: datetime, slot: Any) -> Any:
         return SimpleNamespace(requeue_after=None, requeue_reason=None)
 
     def watches_everything(self) -> bool:

@@ -39,7 +39,7 @@ class Providers:
     def __init__(self) -> None:
         self.provider = Provider()
 
-    async def provider_for(self, spec: Any, read_secret: Any) -> Provider:
+    async def provider_for(self, spec: Any, read_secret: Any, namespace: str = "") -> Provider:
         return self.provider
 
 

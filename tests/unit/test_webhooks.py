@@ -1,7 +1,8 @@
 """Webhooks: gate answers, Slack messages, CloudEvents, retries, timeouts and TLS.
 
-Request logic runs against httpx.MockTransport; timeouts, hangs, 500s and certificate
-verification against real servers on 127.0.0.1 (aiohttp, with a trustme self-signed CA).
+Request logic runs against httpx.MockTransport; timeouts, hangs, trickles, a 400 MB answer, a
+blackhole, 500s and certificate verification against real servers on 127.0.0.1 (aiohttp, with
+a trustme self-signed CA; tests/loopback.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +29,9 @@ from modelrollout import audit, webhooks
 from modelrollout.api.models import HistoryEntry, MetricResult, ModelRef, Verdict, WebhookSpec
 from modelrollout.engine.types import GateResult
 from modelrollout.observability import METRICS, configure_logging
-from modelrollout.webhooks import RetryPolicy
+from modelrollout.webhooks import RetryPolicy, WebhookHTTP
+from tests import loopback
+from tests.loopback import LocalServer, serve
 
 FAST = RetryPolicy(attempts=3, initial=0.0, maximum=0.0)
 MODEL = ModelRef(name="fraud", version="2.4.0", uri="s3://models/fraud/2.4.0")
@@ -200,8 +204,7 @@ def test_slack_message_names_rollout_version_stage_and_reason() -> None:
         reason="AnalysisFailed: error-rate 0.05 > 0.01",
     )
     assert message["text"] == (
-        "ModelRollout ml/fraud: version 2.4.0 rolled back "
-        "(AnalysisFailed: error-rate 0.05 > 0.01)"
+        "ModelRollout ml/fraud: version 2.4.0 rolled back (AnalysisFailed: error-rate 0.05 > 0.01)"
     )
     assert (
         message["blocks"][0]["text"]["text"] == "*ModelRollout ml/fraud*: version 2.4.0 rolled back"
@@ -423,42 +426,9 @@ def test_parse_headers() -> None:
 # ------------------------------------------------------------------ real servers on 127.0.0.1
 
 
-@dataclass
-class LocalServer:
-    url: str
-    hits: dict[str, int]
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @pytest.fixture
 def cert_authority() -> trustme.CA:
     return trustme.CA()
-
-
-async def _serve(
-    routes: dict[str, Handler], ssl_context: ssl.SSLContext | None = None
-) -> tuple[web.AppRunner, LocalServer]:
-    hits: dict[str, int] = {}
-
-    def counted(path: str, handler: Handler) -> Handler:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            hits[path] = hits.get(path, 0) + 1
-            return await handler(request)
-
-        return wrapped
-
-    app = web.Application()
-    for path, handler in routes.items():
-        app.router.add_post(path, counted(path, handler))
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    scheme = "https" if ssl_context else "http"
-    return runner, LocalServer(url=f"{scheme}://{host}:{port}", hits=hits)
 
 
 @pytest.fixture
@@ -476,15 +446,9 @@ async def server() -> AsyncIterator[LocalServer]:
         await release.wait()  # never answers while the test runs
         return web.Response(status=200)
 
-    async def trickle(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(status=200)
-        await response.prepare(request)
-        while not release.is_set():  # a byte at a time: each read is quick, the whole is not
-            await response.write(b" ")
-            await asyncio.sleep(0.05)
-        return response
-
-    runner, local = await _serve({"/ok": ok, "/fail": fail, "/hang": hang, "/trickle": trickle})
+    runner, local = await serve(
+        {"/ok": ok, "/fail": fail, "/hang": hang, "/trickle": loopback.trickle(release, 0.05)}
+    )
     yield local
     release.set()
     await runner.cleanup()
@@ -547,7 +511,7 @@ async def test_tls_verification_is_on_by_default(
     async def ok(_: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    runner, local = await _serve({"/ok": ok}, ssl_context=server_context)
+    runner, local = await serve({"/ok": ok}, ssl_context=server_context)
     try:
         url = f"{local.url}/ok"
         assert url.startswith("https://127.0.0.1:")
@@ -562,3 +526,71 @@ async def test_tls_verification_is_on_by_default(
         assert local.hits == {"/ok": 1}
     finally:
         await runner.cleanup()
+
+
+# ------------------------------------------------------------- bounded calls, shared fairly
+
+ONCE = RetryPolicy(attempts=1, initial=0.0, maximum=0.0)
+
+
+async def test_a_400_mb_answer_is_not_read_and_costs_no_memory() -> None:
+    # Bodies were read whole: a 400 MB gate answer grew the process by 905 MiB.
+    huge = loopback.endless(400 * 1024 * 1024)
+    runner, local = await serve({"/gate": huge})
+    try:
+        tracemalloc.start()
+        try:
+            result = await webhooks.call_gate(
+                spec(), f"{local.url}/gate", {}, payload(), retry=ONCE
+            )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        await runner.cleanup()
+    assert result is GateResult.OPEN  # the status is the answer; the body is dropped
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
+    assert huge.sent < 40 * 1024 * 1024, f"{huge.sent / 2**20:.0f} MiB were sent"
+
+
+async def test_a_blackholed_gate_ends_at_its_deadline() -> None:
+    policy = RetryPolicy(attempts=2, initial=0.0, maximum=0.0)
+    started = time.monotonic()
+    with loopback.blackhole() as url:
+        result = await webhooks.call_gate(spec(timeout="500ms"), url, {}, payload(), retry=policy)
+    assert result is GateResult.TIMEOUT
+    assert time.monotonic() - started < 5  # two attempts of 0.5 s, never the TCP timeouts
+
+
+async def test_one_namespace_of_blackholed_gates_does_not_delay_another(
+    server: LocalServer,
+) -> None:
+    # 200 rollouts in namespace "noisy" ask a gate that never answers, each for up to 30 s;
+    # a gate of namespace "quiet" is answered at once all the same.
+    http = WebhookHTTP()
+    noisy_payload = {**payload(), "namespace": "noisy"}
+    with loopback.blackhole() as url:
+        stuck = [
+            asyncio.create_task(
+                webhooks.call_gate(
+                    spec(timeout="30s"), url, {}, noisy_payload, retry=ONCE, http=http
+                )
+            )
+            for _ in range(200)
+        ]
+        try:
+            await loopback.until(lambda: http.limiter.held("noisy") >= webhooks.PER_NAMESPACE)
+            quiet = {**payload(), "namespace": "quiet"}
+            result = await asyncio.wait_for(
+                webhooks.call_gate(spec(), f"{server.url}/ok", {}, quiet, retry=ONCE, http=http),
+                timeout=5,
+            )
+            assert result is GateResult.OPEN
+            assert not any(task.done() for task in stuck)
+            assert http.limiter.held("noisy") == webhooks.PER_NAMESPACE  # its share, no more
+            assert http.limiter.waiting("noisy") == 200 - webhooks.PER_NAMESPACE
+        finally:
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+            await http.aclose()

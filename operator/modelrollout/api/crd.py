@@ -92,6 +92,11 @@ def _ascending_weights_rule() -> str:
     )
 
 
+def _at_most_rule(field: str, limit: str) -> str:
+    """The duration ``self.<field>``, when set, is no longer than ``limit``."""
+    return f"!has(self.{field}) || duration(self.{field}) <= duration('{limit}')"
+
+
 CEL_RULES: Final[dict[str, list[dict[str, str]]]] = {
     "spec": [
         {
@@ -186,6 +191,12 @@ CEL_RULES: Final[dict[str, list[dict[str, str]]]] = {
             "message": "error-rate is a ratio: min and max must lie between 0 and 1",
         },
     ],
+    "spec.analysis.prometheus": [
+        {
+            "rule": _at_most_rule("timeout", models.MAX_OUTBOUND_TIMEOUT),
+            "message": f"timeout must be at most {models.MAX_OUTBOUND_TIMEOUT}",
+        },
+    ],
     "spec.analysis.prometheus.auth": [
         {
             "rule": "!has(self.bearerToken) || (!has(self.username) && !has(self.password))",
@@ -206,6 +217,10 @@ CEL_RULES: Final[dict[str, list[dict[str, str]]]] = {
         {
             "rule": "has(self.url) != has(self.urlFrom)",
             "message": "set exactly one of url and urlFrom",
+        },
+        {
+            "rule": _at_most_rule("timeout", models.MAX_OUTBOUND_TIMEOUT),
+            "message": f"timeout must be at most {models.MAX_OUTBOUND_TIMEOUT}",
         },
     ],
 }

@@ -40,6 +40,11 @@ MAX_DURATION = timedelta(days=366)
 one that runs past the year 9999 would fail every reconcile instead of being reported."""
 
 
+MAX_OUTBOUND_TIMEOUT = "30s"
+"""Longest ``timeout`` of a webhook or of Prometheus queries: each is the total deadline of one
+outbound call (connecting and the whole answer), and a rollout's tick waits for its calls."""
+
+
 def _check_duration(value: str) -> str:
     try:
         parsed = durationpy.from_str(value)
@@ -358,7 +363,8 @@ class PrometheusSpec(_Wire):
     timeout: Duration | None = Field(
         default=None,
         description=(
-            "Per-query timeout, shorter than the analysis interval. Default: 5s, or half the "
+            "Total deadline of each query (connecting and the whole answer), shorter than the "
+            f"analysis interval and at most {MAX_OUTBOUND_TIMEOUT}. Default: 5s, or half the "
             "interval when that is shorter."
         ),
     )
@@ -612,7 +618,13 @@ class WebhookSpec(_Wire):
     headers_from: SecretKeyRef | None = Field(
         default=None, description="A Secret key holding extra headers as a JSON object."
     )
-    timeout: Duration = Field(default="10s", description="Per-request timeout.")
+    timeout: Duration = Field(
+        default="10s",
+        description=(
+            "Total deadline of each attempt (connecting and the whole answer), at most "
+            f"{MAX_OUTBOUND_TIMEOUT}; a gate is tried 3 times, a notification or audit event 4."
+        ),
+    )
     insecure_skip_verify: bool = Field(default=False, description="Disable TLS verification.")
 
 

@@ -32,6 +32,7 @@ from modelrollout.api.models import (
     API_VERSION,
     DNS_LABEL_PATTERN,
     KIND,
+    MAX_OUTBOUND_TIMEOUT,
     AnalysisSpec,
     MetricCheck,
     MetricTemplate,
@@ -54,6 +55,9 @@ from a cluster with an older CRD (whose pod template was free-form), and would m
 code (JSON encoders, deep copies) fail on every reconcile instead of being reported."""
 
 MIN_INTERVAL: Final = timedelta(seconds=1)
+OUTBOUND_TIMEOUT_HINT: Final = (
+    f"must be at most {MAX_OUTBOUND_TIMEOUT}: the total deadline of one outbound call"
+)
 TOP_LEVEL_FIELDS: Final = ("apiVersion", "kind", "metadata", "spec", "status")
 ROUTERS: Final = ("gatewayAPI", "istio", "replicas")
 
@@ -371,6 +375,8 @@ def _check_prometheus(prom: PrometheusSpec, interval: str) -> Iterator[Problem]:
         pass  # the default adapts to the interval (PrometheusSpec.effective_timeout)
     elif parse_duration(prom.timeout) <= timedelta(0):
         yield Problem(f"{path}.timeout", f"must be > 0 (got {prom.timeout})")
+    elif parse_duration(prom.timeout) > parse_duration(MAX_OUTBOUND_TIMEOUT):
+        yield Problem(f"{path}.timeout", f"{OUTBOUND_TIMEOUT_HINT} (got {prom.timeout})")
     elif parse_duration(prom.timeout) >= parse_duration(interval):
         yield Problem(
             f"{path}.timeout",
@@ -476,6 +482,8 @@ def _check_webhooks(webhooks: Sequence[WebhookSpec]) -> Iterator[Problem]:
             got = "neither is set" if hook.url is None else "both are set"
             yield Problem(path, f"set exactly one of url and urlFrom ({got})")
         yield from _check_min_duration(f"{path}.timeout", hook.timeout, timedelta.resolution, "> 0")
+        if parse_duration(hook.timeout) > parse_duration(MAX_OUTBOUND_TIMEOUT):
+            yield Problem(f"{path}.timeout", f"{OUTBOUND_TIMEOUT_HINT} (got {hook.timeout})")
 
 
 def _duplicates(path: str, names: Sequence[str], what: str) -> Iterator[Problem]:

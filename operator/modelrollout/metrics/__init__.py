@@ -2,8 +2,9 @@
 
 - ``base``: the provider interface and its typed outcomes (Value / Samples / Vector, NoData,
   ProviderError).
-- ``prometheus``: PrometheusProvider (prometheus-api-client on a bounded thread pool) and the
-  factory that caches providers per address and credentials.
+- ``prometheus``: PrometheusProvider (bounded async calls on httpx, shared fairly per
+  namespace) and the factory that caches providers per address and credentials.
+- ``results``: Prometheus' query results as typed outcomes.
 - ``templates``: built-in PromQL and ``{{ variable }}`` rendering with escaping.
 - ``statistics``: Mann-Whitney U p-values, relative change, PSI.
 - ``verdicts``: pure outcome -> verdict functions.

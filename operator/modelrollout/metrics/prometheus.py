@@ -1,44 +1,45 @@
-"""Prometheus as a :class:`MetricProvider`, on top of prometheus-api-client.
+"""Prometheus as a :class:`MetricProvider`, on the operator's one async HTTP stack (httpx).
 
-``PrometheusConnect`` is blocking (requests), so every call runs on a small bounded thread pool
-shared by all providers: the operator's event loop never waits on the network, and 1,000
-rollouts cannot open 1,000 threads. Each query has a client timeout (and passes the same value
-to Prometheus as its evaluation ``timeout``); nothing is retried here, since the next analysis
-interval is the retry and ``errorLimit`` decides when errors matter.
+Every query is one bounded call (:mod:`modelrollout.outbound`): a total deadline, the
+``timeout`` of the spec, that covers the wait for a place, connecting and the whole answer (a
+server trickling a byte every half second is cut off at the deadline like a silent one), and
+an answer of at most :data:`BODY_LIMIT` bytes (streamed; reading stops there). Queries share a
+:class:`~modelrollout.outbound.FairLimiter` by namespace: one namespace's slow Prometheus holds
+at most its share of places, never another namespace's. The same timeout goes to Prometheus as
+its evaluation ``timeout``. Nothing is retried here: the next analysis interval is the retry
+and ``errorLimit`` decides when errors matter.
 
 Outcomes are typed: a number is :class:`Value`; an empty result, NaN or ±Inf is :class:`NoData`
-(inconclusive, never a pass); connection refused, timeout, HTTP 4xx/5xx (with Prometheus' own
-error text, e.g. a PromQL parse error), a malformed body, or **several series where one is
-expected** is :class:`ProviderError`. The last one is an error rather than no data because
-it is a mistake in the query (a missing ``sum()``) that waiting will not fix.
+(inconclusive, never a pass); connection refused, timeout, an answer too large, HTTP 4xx/5xx
+(with Prometheus' own error text, e.g. a PromQL parse error), a malformed body, or **several
+series where one is expected** is :class:`ProviderError`. The last one is an error rather
+than no data because it is a mistake in the query (a missing ``sum()``) that waiting will not
+fix. Every error text is short (:func:`~modelrollout.outbound.clip`): a body is never echoed
+whole.
+
+prometheus-api-client's ``PrometheusConnect`` did the HTTP here until it had to be bounded: it
+is blocking (requests: per-read timeouts only, bodies read whole, a thread per call) and its
+result helpers need pandas. The query API it speaks (paths, parameters, rounded range bounds)
+is kept; the library is the reference client the integration tests compare this one with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import inspect
-import math
-import os
-import ssl
-import tempfile
-import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
+import httpx
+import orjson
 import structlog
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.exceptions import MaxRetryError
-from urllib3.util.retry import Retry
 
 from modelrollout.api.models import PrometheusSpec, SecretKeyRef, parse_duration
 from modelrollout.metrics.base import (
@@ -46,18 +47,30 @@ from modelrollout.metrics.base import (
     NoData,
     ProviderError,
     RangeOutcome,
-    Samples,
-    Series,
-    Value,
-    Vector,
     VectorOutcome,
 )
+from modelrollout.metrics.results import parse_instant, parse_range, parse_vector
 from modelrollout.metrics.templates import format_duration
+from modelrollout.outbound import (
+    Answer,
+    AnswerTooLarge,
+    FairLimiter,
+    bounded_request,
+    clip,
+    new_client,
+    tls_context,
+)
+from modelrollout.outbound.http import MIB, transport_failure
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_WORKERS = 8
-"""Threads shared by all providers of a factory (or of the process, for the default pool)."""
+BODY_LIMIT = 1 * MIB
+"""Largest answer read from Prometheus. A range query of the most points analysis asks for
+(10,000) is about 0.3 MiB; anything larger is refused as an error, not read on."""
+CAPACITY = 64
+"""Queries in flight at once, all namespaces together (bounds memory: CAPACITY x BODY_LIMIT)."""
+PER_NAMESPACE = 16
+"""Queries in flight at once for one namespace."""
 
 QueryKind = Literal["instant", "range", "vector", "online"]
 QueryOutcomeKind = Literal["value", "no_data", "error"]
@@ -77,19 +90,8 @@ QueryObserver = Callable[[QueryEvent], None]
 
 _T = TypeVar("_T")
 
-_default_executor: ThreadPoolExecutor | None = None
-_default_executor_lock = threading.Lock()
-
-
-def default_executor() -> ThreadPoolExecutor:
-    """The process-wide pool used by providers built without an explicit executor."""
-    global _default_executor
-    with _default_executor_lock:
-        if _default_executor is None:
-            _default_executor = ThreadPoolExecutor(
-                max_workers=DEFAULT_WORKERS, thread_name_prefix="prometheus"
-            )
-        return _default_executor
+__all__ = ["PrometheusProvider", "PrometheusProviderFactory", "QueryEvent", "parse_instant",
+           "parse_range", "parse_vector", "redact_address"]  # fmt: skip
 
 
 def redact_address(address: str) -> str:
@@ -102,123 +104,25 @@ def redact_address(address: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-class PrometheusHTTPError(Exception):
-    """Prometheus (or a proxy in front of it) answered 4xx/5xx."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"HTTP {status}: {text}")
-        self.status = status
-        self.text = text
-
-
-def _error_text(response: requests.Response) -> str:
+def _error_text(status: int, body: bytes) -> str:
+    """Prometheus' own error text (``errorType: error``), else the start of the body."""
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        kind = body.get("errorType")
-        return f"{kind}: {body['error']}" if kind else body["error"]
-    text = response.text.strip()
-    return (text[:300] + "...") if len(text) > 300 else text or response.reason or "no body"
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        kind = parsed.get("errorType")
+        return clip(f"{kind}: {parsed['error']}" if kind else parsed["error"])
+    text = body.decode("utf-8", errors="replace").strip()
+    return clip(text) or httpx.codes.get_reason_phrase(status) or "no body"
 
 
-def _raise_for_http_error(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    """A requests response hook: keep Prometheus' error text, which PrometheusConnect drops."""
-    if response.status_code >= 400:
-        raise PrometheusHTTPError(response.status_code, _error_text(response))
+class _Failed(Exception):
+    """A request that produced no result; the text becomes the ProviderError's reason."""
 
 
-class _Malformed(ValueError):
-    pass
-
-
-def _number(sample: Any) -> float:
-    """The value of a ``[timestamp, "value"]`` pair."""
-    if not isinstance(sample, list | tuple) or len(sample) != 2 or not isinstance(sample[1], str):
-        raise _Malformed(f"not a [timestamp, value] pair: {sample!r:.80}")
-    try:
-        return float(sample[1])
-    except ValueError as exc:
-        raise _Malformed(f"not a number: {sample[1]!r:.80}") from exc
-
-
-def _non_finite(value: float) -> NoData:
-    if math.isnan(value):
-        return NoData("value is NaN (e.g. 0/0: no requests in the interval)")
-    return NoData(
-        f"value is {'+' if value > 0 else '-'}Inf "
-        "(e.g. a quantile beyond the largest histogram bucket, or a division by zero)"
-    )
-
-
-def _is_scalar(result: list[Any]) -> bool:
-    return len(result) == 2 and not isinstance(result[0], dict)
-
-
-def _series_items(result: Any) -> list[dict[str, Any]]:
-    if not isinstance(result, list) or not all(isinstance(item, dict) for item in result):
-        raise _Malformed(f"unexpected result: {result!r:.120}")
-    return result
-
-
-def _too_many(result: list[dict[str, Any]]) -> ProviderError:
-    labels = [item.get("metric", {}) for item in result[:2]]
-    return ProviderError(
-        f"query returned {len(result)} series, expected 1; aggregate it (e.g. sum(...)). "
-        f"First series: {', '.join(str(lab) for lab in labels)}"
-    )
-
-
-def parse_instant(result: Any) -> InstantOutcome:
-    """The ``data.result`` of an instant query, as one number."""
-    if isinstance(result, list) and _is_scalar(result):
-        value = _number(result)
-    else:
-        items = _series_items(result)
-        if not items:
-            return NoData("query returned no series")
-        if len(items) > 1:
-            return _too_many(items)
-        if "value" not in items[0]:
-            if "values" in items[0]:
-                return ProviderError("query returned a range vector; expected one instant value")
-            raise _Malformed(f"series without a value: {items[0]!r:.120}")
-        value = _number(items[0]["value"])
-    return Value(value) if math.isfinite(value) else _non_finite(value)
-
-
-def parse_range(result: Any) -> RangeOutcome:
-    """The ``data.result`` of a range query, as the finite samples of its one series."""
-    items = _series_items(result)
-    if not items:
-        return NoData("query returned no series in the window")
-    if len(items) > 1:
-        return _too_many(items)
-    raw = items[0].get("values")
-    if not isinstance(raw, list):
-        raise _Malformed(f"series without values: {items[0]!r:.120}")
-    values = [_number(sample) for sample in raw]
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return NoData(f"all {len(values)} samples are NaN or infinite")
-    return Samples(finite)
-
-
-def parse_vector(result: Any) -> VectorOutcome:
-    """The ``data.result`` of an instant query, as every series with its labels."""
-    if isinstance(result, list) and _is_scalar(result):
-        return ProviderError("query returned a scalar; expected a vector of series")
-    items = _series_items(result)
-    if not items:
-        return NoData("query returned no series")
-    series = []
-    for item in items:
-        labels = item.get("metric")
-        if not isinstance(labels, dict) or "value" not in item:
-            raise _Malformed(f"unexpected series: {item!r:.120}")
-        series.append(Series({str(k): str(v) for k, v in labels.items()}, _number(item["value"])))
-    return Vector(tuple(series))
+class _Unreachable(_Failed):
+    """No connection could be made."""
 
 
 def _outcome_kind(outcome: object) -> QueryOutcomeKind:
@@ -229,10 +133,35 @@ def _outcome_kind(outcome: object) -> QueryOutcomeKind:
     return "value"
 
 
+def _result(answer: Answer) -> Any:
+    """The ``data.result`` of a successful answer; :class:`_Failed` for anything else."""
+    if answer.status >= 300:
+        hint = " (redirects are not followed)" if answer.status < 400 else ""
+        raise _Failed(
+            f"answered HTTP {answer.status}: {_error_text(answer.status, answer.body)}{hint}"
+        )
+    body = answer.whole()
+    encoding = answer.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise _Failed(f"answered with Content-Encoding {clip(encoding, 40)}; asked for none")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({clip(str(exc), 120)})") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("data"), dict):
+        raise ValueError("no data object")
+    if "result" not in parsed["data"]:
+        raise ValueError("no data.result")
+    return parsed["data"]["result"]
+
+
 class PrometheusProvider:
     """A :class:`~modelrollout.metrics.base.VectorProvider` backed by one Prometheus server.
 
-    Credentials stay in the HTTP session; they are never logged nor put in messages.
+    Its HTTP client (one connection pool, the credentials, the TLS context) is shared by every
+    namespace's view of it (:meth:`for_namespace`); each view's queries take places in the
+    limiter under its own namespace. Credentials stay in the client; they are never logged nor
+    put in messages.
     """
 
     def __init__(
@@ -244,8 +173,11 @@ class PrometheusProvider:
         ca_pem: str | None = None,
         verify: bool = True,
         *,
-        executor: ThreadPoolExecutor | None = None,
+        limiter: FairLimiter | None = None,
+        namespace: str = "",
+        body_limit: int = BODY_LIMIT,
         on_query: QueryObserver | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -253,81 +185,72 @@ class PrometheusProvider:
             raise ValueError("use either a bearer token or basic auth, not both")
         self.address = address.rstrip("/")
         self.timeout = timeout
+        self.namespace = namespace
+        self.body_limit = body_limit
         self._display = redact_address(self.address)
-        self._executor = executor or default_executor()
+        self._limiter = limiter or FairLimiter(CAPACITY, PER_NAMESPACE)
         self._on_query = on_query
         self._params = {"timeout": format_duration(timedelta(seconds=timeout))}
-
-        session = requests.Session()
-        session.hooks["response"].append(_raise_for_http_error)
-        session.verify = verify
-        self._ca_cleanup: weakref.finalize[[str], PrometheusProvider] | None = None
-        if ca_pem is not None and verify:
-            session.verify = self._write_ca(ca_pem)
-        headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else None
-        self._client = PrometheusConnect(
-            url=self.address,
-            headers=headers,
-            disable_ssl=not verify,
-            # Fail fast and keep the real cause (a read timeout stays a timeout): no retries.
-            retry=Retry(total=0, read=False, raise_on_status=False),
-            auth=basic_auth,
-            session=session,
-            timeout=timeout,
-        )
-
-    def _write_ca(self, ca_pem: str) -> str:
         try:
-            ssl.create_default_context(cadata=ca_pem)
-        except (ssl.SSLError, ValueError) as exc:
-            raise ValueError("the Prometheus CA bundle is not valid PEM") from exc
-        fd, path = tempfile.mkstemp(prefix="modelrollout-prometheus-ca-", suffix=".pem")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(ca_pem)
-        self._ca_cleanup = weakref.finalize(self, os.unlink, path)
-        return path
+            verify_with = tls_context(ca_pem, verify)
+        except ValueError:
+            raise ValueError("the Prometheus CA bundle is not valid PEM") from None
+        headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else None
+        self._client = new_client(
+            verify_with, headers=headers, auth=basic_auth, transport=transport
+        )
 
     def __repr__(self) -> str:
         return f"PrometheusProvider({self._display!r}, timeout={self.timeout:g})"
 
-    def close(self) -> None:
-        """Release the connection pool and the CA file."""
-        self._client.close()
-        if self._ca_cleanup is not None:
-            self._ca_cleanup()
+    def for_namespace(self, namespace: str) -> PrometheusProvider:
+        """This provider for a caller in ``namespace``: the same client, that namespace's share."""
+        if namespace == self.namespace:
+            return self
+        view = copy.copy(self)
+        view.namespace = namespace
+        return view
 
-    async def _run(self, kind: QueryKind, call: Callable[[], _T]) -> _T | ProviderError:
-        def work() -> tuple[_T | ProviderError, float]:
-            started = time.perf_counter()
-            try:
-                outcome: _T | ProviderError = call()
-            except PrometheusHTTPError as exc:
-                outcome = ProviderError(f"Prometheus at {self._display} answered {exc}")
-            except requests.Timeout:
-                outcome = ProviderError(
-                    f"Prometheus at {self._display} did not answer within {self.timeout:g}s"
-                )
-            except requests.ConnectionError as exc:
-                cause = exc.args[0] if exc.args else exc
-                reason = cause.reason if isinstance(cause, MaxRetryError) else cause
-                outcome = ProviderError(f"cannot reach Prometheus at {self._display}: {reason}")
-            except requests.JSONDecodeError as exc:  # before RequestException, its base
-                outcome = ProviderError(
-                    f"malformed response from Prometheus at {self._display}: not JSON ({exc})"
-                )
-            except requests.RequestException as exc:
-                outcome = ProviderError(f"request to Prometheus at {self._display} failed: {exc}")
-            except PrometheusApiClientException as exc:
-                outcome = ProviderError(f"Prometheus at {self._display}: {exc}")
-            except (ValueError, KeyError, TypeError) as exc:  # a body that is not Prometheus JSON
-                outcome = ProviderError(
-                    f"malformed response from Prometheus at {self._display}: {exc!s:.200}"
-                )
-            return outcome, time.perf_counter() - started
+    async def aclose(self) -> None:
+        """Close the connection pool (shared by every namespace's view)."""
+        await self._client.aclose()
 
-        loop = asyncio.get_running_loop()
-        outcome, seconds = await loop.run_in_executor(self._executor, work)
+    async def _get(self, path: str, params: dict[str, Any]) -> Answer:
+        request = self._client.build_request("GET", f"{self.address}{path}", params=params)
+        try:
+            answer = await bounded_request(
+                self._client,
+                request,
+                deadline=self.timeout,
+                limit=self.body_limit,
+                limiter=self._limiter,
+                key=self.namespace,
+            )
+        except TimeoutError:
+            raise _Failed(f"did not answer within {self.timeout:g}s") from None
+        except httpx.TransportError as exc:
+            if isinstance(exc, httpx.ConnectError):
+                raise _Unreachable(clip(transport_failure(exc))) from None
+            raise _Failed(f"request failed: {clip(transport_failure(exc))}") from None
+        return answer
+
+    async def _run(self, kind: QueryKind, call: Callable[[], Awaitable[_T]]) -> _T | ProviderError:
+        started = time.perf_counter()
+        outcome: _T | ProviderError
+        try:
+            outcome = await call()
+        except _Unreachable as exc:
+            outcome = ProviderError(clip(f"cannot reach Prometheus at {self._display}: {exc}"))
+        except _Failed as exc:
+            outcome = ProviderError(clip(f"Prometheus at {self._display} {exc}"))
+        except AnswerTooLarge as exc:
+            outcome = ProviderError(f"Prometheus at {self._display}: {exc}")
+        except (ValueError, KeyError, TypeError) as exc:  # a body that is not Prometheus JSON
+            outcome = ProviderError(
+                clip(f"malformed response from Prometheus at {self._display}: {exc}")
+            )
         if self._on_query is not None:
+            seconds = time.perf_counter() - started
             event = QueryEvent(self._display, kind, _outcome_kind(outcome), seconds)
             try:
                 self._on_query(event)
@@ -335,15 +258,23 @@ class PrometheusProvider:
                 log.exception("prometheus query observer failed")
         return outcome
 
-    def _instant_params(self, at: datetime | None) -> dict[str, Any]:
-        return {**self._params, "time": at.timestamp()} if at is not None else dict(self._params)
+    def _instant_params(self, promql: str, at: datetime | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"query": promql, **self._params}
+        if at is not None:
+            params["time"] = at.timestamp()
+        return params
+
+    async def _query(self, params: dict[str, Any]) -> Any:
+        return _result(await self._get("/api/v1/query", params))
 
     async def query(self, promql: str, at: datetime | None = None) -> InstantOutcome:
         """One number: the value of a single-series instant vector or a scalar."""
-        params = self._instant_params(at)
-        return await self._run(
-            "instant", lambda: parse_instant(self._client.custom_query(promql, params=params))
-        )
+        params = self._instant_params(promql, at)
+
+        async def call() -> InstantOutcome:
+            return parse_instant(await self._query(params))
+
+        return await self._run("instant", call)
 
     async def query_range(
         self, promql: str, start: datetime, end: datetime, step_seconds: float
@@ -351,26 +282,38 @@ class PrometheusProvider:
         """The finite samples of a single series between ``start`` and ``end``."""
         if step_seconds <= 0:
             raise ValueError(f"step must be positive, got {step_seconds}")
-        params = dict(self._params)
-        step = f"{step_seconds:g}"
-        return await self._run(
-            "range",
-            lambda: parse_range(
-                self._client.custom_query_range(promql, start, end, step, params=params)
-            ),
-        )
+        # whole seconds, as prometheus-api-client sends them
+        params = {
+            "query": promql,
+            "start": round(start.timestamp()),
+            "end": round(end.timestamp()),
+            "step": f"{step_seconds:g}",
+            **self._params,
+        }
+
+        async def call() -> RangeOutcome:
+            return parse_range(_result(await self._get("/api/v1/query_range", params)))
+
+        return await self._run("range", call)
 
     async def query_vector(self, promql: str, at: datetime | None = None) -> VectorOutcome:
         """Every series of an instant vector with its labels."""
-        params = self._instant_params(at)
-        return await self._run(
-            "vector", lambda: parse_vector(self._client.custom_query(promql, params=params))
-        )
+        params = self._instant_params(promql, at)
+
+        async def call() -> VectorOutcome:
+            return parse_vector(await self._query(params))
+
+        return await self._run("vector", call)
 
     async def is_online(self) -> bool:
-        """True when Prometheus answers its base URL."""
-        outcome = await self._run("online", self._client.check_prometheus_connection)
-        return outcome is True
+        """True when Prometheus answers its base URL with a 2xx or 3xx (its UI redirects there;
+        redirects are not followed)."""
+
+        async def call() -> bool:
+            answer = await self._get("/", {})
+            return 200 <= answer.status < 400
+
+        return await self._run("online", call) is True
 
 
 # --------------------------------------------------------------------------- factory
@@ -389,10 +332,12 @@ def _fingerprint(*values: str | None) -> str:
 
 class PrometheusProviderFactory:
     """Builds providers from a ``PrometheusSpec`` and caches them per (address, timeout, auth, TLS),
-    so rollouts pointing at the same Prometheus share one connection pool and one thread pool.
+    so rollouts pointing at the same Prometheus share one connection pool; every provider
+    shares the factory's :class:`FairLimiter`, and each caller gets its namespace's view.
 
-    The cache is a small LRU; an evicted provider's pool is closed (a request still running on
-    it completes). Secret values only enter the cache key as a SHA-256 fingerprint.
+    The cache is a small LRU; an evicted provider's pool is closed in the background (a query
+    still running on it fails and the next interval asks again). Secret values only enter the
+    cache key as a SHA-256 fingerprint.
     """
 
     def __init__(
@@ -400,21 +345,21 @@ class PrometheusProviderFactory:
         default_address: str | None = None,
         *,
         max_cached: int = 128,
-        max_workers: int = DEFAULT_WORKERS,
+        limiter: FairLimiter | None = None,
         on_query: QueryObserver | None = None,
     ) -> None:
         self.default_address = default_address
         self._max_cached = max_cached
-        self._executor = ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="prometheus"
-        )
+        self.limiter = limiter or FairLimiter(CAPACITY, PER_NAMESPACE)
         self._on_query = on_query
         self._cache: OrderedDict[str, PrometheusProvider] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def provider_for(
-        self, spec: PrometheusSpec, read_secret: SecretReader
+        self, spec: PrometheusSpec, read_secret: SecretReader, namespace: str = ""
     ) -> PrometheusProvider:
-        """The provider for ``spec``; ``read_secret`` resolves its Secret references."""
+        """The provider for ``spec`` as seen from ``namespace``; ``read_secret`` resolves its
+        Secret references."""
         address = spec.address or self.default_address
         if not address:
             raise ValueError(
@@ -442,7 +387,7 @@ class PrometheusProviderFactory:
         provider = self._cache.get(key)
         if provider is not None:
             self._cache.move_to_end(key)
-            return provider
+            return provider.for_namespace(namespace)
         provider = PrometheusProvider(
             address,
             timeout,
@@ -452,22 +397,24 @@ class PrometheusProviderFactory:
             else None,
             ca_pem=ca_pem,
             verify=verify,
-            executor=self._executor,
+            limiter=self.limiter,
             on_query=self._on_query,
         )
         log.debug("prometheus provider created", address=redact_address(address), timeout=timeout)
         self._cache[key] = provider
         while len(self._cache) > self._max_cached:
             _, evicted = self._cache.popitem(last=False)
-            evicted.close()
-        return provider
+            task = asyncio.ensure_future(evicted.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return provider.for_namespace(namespace)
 
     def __len__(self) -> int:
         return len(self._cache)
 
-    def close(self) -> None:
-        """Close every cached provider and the thread pool."""
-        for provider in self._cache.values():
-            provider.close()
+    async def aclose(self) -> None:
+        """Close every cached provider's connection pool."""
+        providers = list(self._cache.values())
         self._cache.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for provider in providers:
+            await provider.aclose()

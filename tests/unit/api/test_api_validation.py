@@ -180,10 +180,14 @@ RULES: dict[str, tuple[Spec, str]] = {
     "timeout positive": (
         _spec(analysis={"prometheus": {"timeout": "0s"}}),
         "spec.analysis.prometheus.timeout: must be > 0 (got 0s)"),
+    "timeout at most 30s": (
+        _spec(analysis={"interval": "5m", "prometheus": {"timeout": "31s"}}),
+        "spec.analysis.prometheus.timeout: must be at most 30s: the total deadline of one "
+        "outbound call (got 31s)"),
     "timeout below interval": (
-        _spec(analysis={"interval": "1m", "prometheus": {"timeout": "1m"}}),
+        _spec(analysis={"interval": "20s", "prometheus": {"timeout": "20s"}}),
         "spec.analysis.prometheus.timeout: must be shorter than spec.analysis.interval "
-        "(1m; got 1m)"),
+        "(20s; got 20s)"),
     "bearer or basic auth": (
         _spec(analysis={"prometheus": {"auth": {"bearerToken": {"name": "p", "key": "t"},
                                                 "username": {"name": "p", "key": "u"},
@@ -207,6 +211,10 @@ RULES: dict[str, tuple[Spec, str]] = {
     "webhook timeout positive": (
         _spec(webhooks=[{"name": "w", "type": "notify", "url": "http://a", "timeout": "0s"}]),
         "spec.webhooks[0].timeout: must be > 0 (got 0s)"),
+    "webhook timeout at most 30s": (
+        _spec(webhooks=[{"name": "w", "type": "notify", "url": "http://a", "timeout": "8784h"}]),
+        "spec.webhooks[0].timeout: must be at most 30s: the total deadline of one outbound call "
+        "(got 8784h)"),
     "progress deadline at least 1s": (
         _spec(progressDeadline="0s"),
         "spec.progressDeadline: must be at least 1s (got 0s)"),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import certifi
 import pytest
-import requests
 
 from modelrollout.api.models import PrometheusSpec, SecretKeyRef
 from modelrollout.metrics.base import NoData, ProviderError, Samples, Series, Value, Vector
@@ -21,6 +21,7 @@ from modelrollout.metrics.prometheus import (
     parse_vector,
     redact_address,
 )
+from modelrollout.outbound.text import CUT_MARKER
 
 
 def _series(value: str, **labels: str) -> dict[str, Any]:
@@ -89,25 +90,21 @@ def test_parse_vector() -> None:
     assert isinstance(nan, Vector) and math.isnan(nan.series[0].value)
 
 
-def _response(
-    status: int, body: bytes, content_type: str = "application/json"
-) -> requests.Response:
-    response = requests.Response()
-    response.status_code = status
-    response._content = body
-    response.headers["Content-Type"] = content_type
-    response.reason = "Bad Request"
-    return response
-
-
 def test_error_text_keeps_prometheus_message() -> None:
     body = b'{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected"}'
-    assert _error_text(_response(400, body)) == "bad_data: 1:5: parse error: unexpected"
+    assert _error_text(400, body) == "bad_data: 1:5: parse error: unexpected"
 
 
-def test_error_text_of_a_non_json_body_is_truncated() -> None:
-    text = _error_text(_response(502, b"<html>" + b"x" * 1000, "text/html"))
-    assert text.startswith("<html>xxx") and text.endswith("...") and len(text) < 320
+def test_error_text_of_a_non_json_body_is_cut_with_a_marker() -> None:
+    text = _error_text(502, b"<html>" + b"x" * 5000)
+    assert text.startswith("<html>xxx") and text.endswith(CUT_MARKER) and len(text) <= 300
+    assert _error_text(503, b"") == "Service Unavailable"
+
+
+def test_a_long_prometheus_error_is_cut_too() -> None:
+    body = b'{"status":"error","errorType":"bad_data","error":"' + b"y" * 5000 + b'"}'
+    text = _error_text(400, body)
+    assert text.startswith("bad_data: yyy") and text.endswith(CUT_MARKER) and len(text) <= 300
 
 
 @pytest.mark.parametrize(
@@ -122,13 +119,13 @@ def test_redact_address(address: str, shown: str) -> None:
     assert redact_address(address) == shown
 
 
-def test_repr_hides_credentials() -> None:
+async def test_repr_hides_credentials() -> None:
     provider = PrometheusProvider("http://u:pw@prom:9090", 2.0, basic_auth=("u", "pw"))
     assert "pw" not in repr(provider)
-    provider.close()
+    await provider.aclose()
     token = PrometheusProvider("http://prom:9090", 2.0, bearer_token="tok-123")
     assert "tok-123" not in repr(token)
-    token.close()
+    await token.aclose()
 
 
 def test_provider_refuses_bad_arguments() -> None:
@@ -174,7 +171,7 @@ async def test_factory_shares_providers_per_address_and_auth() -> None:
         assert await factory.provider_for(_spec(timeout="9s"), read) is not a
         assert len(factory) == 5
     finally:
-        factory.close()
+        await factory.aclose()
 
 
 async def test_factory_accepts_an_async_secret_reader() -> None:
@@ -192,7 +189,7 @@ async def test_factory_accepts_an_async_secret_reader() -> None:
         provider = await factory.provider_for(spec, read)
         assert "pw" not in repr(provider)
     finally:
-        factory.close()
+        await factory.aclose()
 
 
 async def test_factory_errors() -> None:
@@ -204,7 +201,7 @@ async def test_factory_errors() -> None:
         with pytest.raises(ValueError, match="both username and password"):
             await factory.provider_for(half, _reader(SECRETS))
     finally:
-        factory.close()
+        await factory.aclose()
 
 
 async def test_factory_evicts_least_recently_used() -> None:
@@ -218,14 +215,17 @@ async def test_factory_evicts_least_recently_used() -> None:
         assert len(factory) == 2
         assert await factory.provider_for(_spec(address="http://p1:9090"), read) is first
     finally:
-        factory.close()
+        await factory.aclose()
 
 
-def test_ca_bundle_is_written_and_removed() -> None:
+async def test_ca_bundle_stays_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each bundle once went to the 16 MiB memory-backed /tmp: 20 large ones filled it.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with open(certifi.where()) as handle:  # any valid PEM bundle will do
         pem = handle.read()
-    provider = PrometheusProvider("https://prom:9090", 1, ca_pem=pem)
-    path = provider._client._session.verify
-    assert isinstance(path, str) and os.path.exists(path)
-    provider.close()
-    assert not os.path.exists(path)
+    providers = [PrometheusProvider("https://prom:9090", 1, ca_pem=pem) for _ in range(20)]
+    assert list(tmp_path.iterdir()) == []
+    for provider in providers:
+        await provider.aclose()

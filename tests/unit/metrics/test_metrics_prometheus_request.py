@@ -57,11 +57,14 @@ def server() -> Iterator[str]:
 
 
 def test_the_query_timeout_reaches_prometheus_and_no_metadata_header_is_sent(server: str) -> None:
-    provider = PrometheusProvider(server, timeout=2.0, bearer_token="t0ken")
-    try:
-        asyncio.run(provider.query('sum(rate(model_requests_total{service="a"}[1m]))'))
-    finally:
-        provider.close()
+    async def one_query() -> None:
+        provider = PrometheusProvider(server, timeout=2.0, bearer_token="t0ken")
+        try:
+            await provider.query('sum(rate(model_requests_total{service="a"}[1m]))')
+        finally:
+            await provider.aclose()
+
+    asyncio.run(one_query())
 
     [(params, headers)] = Recorder.seen
     assert params["query"] == ['sum(rate(model_requests_total{service="a"}[1m]))']
