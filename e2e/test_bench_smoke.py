@@ -44,7 +44,8 @@ def test_a_small_benchmark_round_produces_every_figure(crd: Lab, tmp_path: Path)
     status_and_route = result["apiserver_status_and_route_writes_per_rollout_stage"]
     assert 1.0 < status_and_route < result["apiserver_writes_per_rollout_stage"], result
     assert result["prometheus_queries"] > 0
-    assert 0 < result["prometheus_queries_per_rollout_interval"] <= 2
+    # the bench's check plus the built-in traffic-split's two request counts (issue 27 batches)
+    assert 0 < result["prometheus_queries_per_rollout_interval"] <= 4
 
     json_path, md_path = write_results(cfg, [result], "shared")
     doc = json.loads(json_path.read_text())
