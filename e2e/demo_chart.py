@@ -75,7 +75,7 @@ def install_crds(lab: Lab) -> None:
     names = lab.kubectl(
         "apply", "--server-side", "--force-conflicts", "-o", "name", "-f", str(PEERING_CRDS)
     ).stdout.split()
-    lab.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    lab.wait_established(*names)
 
 
 def served_crd_spec(lab: Lab) -> dict[str, Any] | None:

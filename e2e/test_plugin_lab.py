@@ -51,7 +51,7 @@ def installed(lab: Lab) -> Lab:
     lab.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", "-", input=crd.render(cel=False)
     )
-    lab.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd.CRD_NAME}")
+    lab.wait_established(crd.CRD_NAME)
     return lab
 
 

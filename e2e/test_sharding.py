@@ -120,7 +120,7 @@ def peering(crd: Lab, kube_api: k8s.ApiClient, namespace: str) -> Iterator[str]:
     """kopf's peering CRDs (from the chart, left installed) and the namespace's KopfPeering
     objects ``shard-a`` and ``shard-b`` (kopf patches a peering object, never creates one)."""
     crd.kubectl("apply", "-f", str(PEERING_CRDS))
-    crd.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
+    crd.wait_established("kopfpeerings.kopf.dev")
     custom = k8s.CustomObjectsApi(kube_api)
     for name in ("shard-a", "shard-b"):
         body = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name}}

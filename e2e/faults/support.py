@@ -293,8 +293,7 @@ def remove_chart_rbac(lab: Lab, identity: ChartIdentity) -> None:
 
 def install_peering_crds(lab: Lab) -> None:
     lab.kubectl("apply", "-f", str(PEERING_CRDS))
-    for name in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
-        lab.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    lab.wait_established("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
 
 
 # --------------------------------------------------------------------------------- leaks

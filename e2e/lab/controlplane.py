@@ -505,7 +505,7 @@ class Lab(KubeAccess):
         names = self.kubectl(*args).stdout.split()
         crds = [n for n in names if n.startswith("customresourcedefinition")]
         if crds:
-            self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+            self.wait_established(*crds)
         log.info("applied %d file(s) from %s", len(files), self.paths.crds)
 
     def _write_env(self) -> None:

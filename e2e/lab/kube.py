@@ -109,6 +109,26 @@ class KubeAccess:
             raise LabError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
+    def wait_established(self, *names: str, timeout: float = 60.0) -> None:
+        """Wait until every CRD in ``names`` (``crd/x`` or ``x``) has ``Established=True``.
+
+        Polled rather than ``kubectl wait``: kubectl 1.20 fails at once on a CRD whose
+        ``status.conditions`` is not yet written, which a CRD applied a moment ago can be."""
+        plain = [n.split("/", 1)[-1] for n in names]
+        with self.api_client() as api_client:
+            api = client.ApiextensionsV1Api(api_client)
+
+            def established(name: str) -> bool:
+                conditions = api.read_custom_resource_definition(name).status.conditions or []
+                return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+            for name in plain:
+                wait_until(
+                    lambda: established(name),  # noqa: B023 - called before the loop moves on
+                    timeout=timeout,
+                    message=f"CRD {name} not Established",
+                )
+
     def create_namespace(
         self, name: str, labels: dict[str, str] | None = None, timeout: float = 30.0
     ) -> str:
